@@ -1,0 +1,1 @@
+"""Latency benchmarking harness: real WebRTC calls driven from scenario files."""

@@ -1,0 +1,265 @@
+"""A real WebRTC caller for Parley, built on aiortc: what the tests and the latency harness use.
+
+It plays audio into the call in real time (20 ms frames, like a microphone), records the reply audio with the
+time each frame arrived, and keeps every data-channel event with its arrival time. Its own receive buffer is
+Parley's in-order buffer, so reply timings measure the server and the network, not a client jitter buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import wave
+from collections import deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+
+from realtime.audio import Resampler, to_int16
+from realtime.transports.aiortc_tuning import tune_receiver
+
+RATE = 48000
+FRAME = 960  # 20 ms at 48 kHz
+SPEECH_DBFS = -45.0
+
+
+def load_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """Mono 16-bit WAV as float32 and its rate."""
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise ValueError(f"{path}: need 16-bit PCM")
+        data = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+        if w.getnchannels() > 1:
+            data = data.reshape(-1, w.getnchannels()).mean(axis=1).astype(np.int16)
+        return data.astype(np.float32) / 32768.0, w.getframerate()
+
+
+def to_48k(samples: np.ndarray, rate: int) -> np.ndarray:
+    if rate == RATE:
+        return samples.astype(np.float32)
+    r = Resampler(rate, RATE)
+    out = r.process(samples)
+    return np.concatenate([out, r.process(np.zeros(rate // 10, np.float32))])[: int(samples.size * RATE / rate)]
+
+
+class MicTrack(MediaStreamTrack):
+    """Sends queued audio in real time, silence otherwise; records when marked samples went out."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: deque[np.ndarray] = deque()
+        self._buffer = np.zeros(0, np.float32)
+        self._sent = 0  # samples of queued audio sent so far
+        self._queued = 0
+        self._marks: list[tuple[int, str]] = []
+        self.mark_times: dict[str, float] = {}
+        self._start: float | None = None
+        self._pts = 0
+
+    def enqueue(self, samples48k: np.ndarray, marks: dict[str, int] | None = None) -> None:
+        """Queue audio; `marks` name sample offsets inside it whose send time should be recorded."""
+        for name, offset in (marks or {}).items():
+            self._marks.append((self._queued + offset, name))
+        self._queue.append(samples48k.astype(np.float32))
+        self._queued += samples48k.size
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and self._buffer.size == 0
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._pts += FRAME
+            wait = self._start + self._pts / RATE - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        while self._buffer.size < FRAME and self._queue:
+            self._buffer = np.concatenate([self._buffer, self._queue.popleft()])
+        take = min(FRAME, self._buffer.size)
+        out = np.zeros(FRAME, np.float32)
+        out[:take] = self._buffer[:take]
+        self._buffer = self._buffer[take:]
+        self._sent += take
+        now = time.monotonic()
+        while self._marks and self._marks[0][0] <= self._sent:
+            self.mark_times[self._marks.pop(0)[1]] = now
+        frame = AudioFrame.from_ndarray(to_int16(out)[None, :], format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._pts
+        frame.time_base = Fraction(1, RATE)
+        return frame
+
+
+@dataclass
+class Received:
+    """Reply audio as it arrived: one entry per 20 ms frame."""
+
+    times: list[float] = field(default_factory=list)
+    levels: list[float] = field(default_factory=list)
+    chunks: list[np.ndarray] = field(default_factory=list)
+
+    def onset_after(self, t: float, dbfs: float = SPEECH_DBFS) -> float | None:
+        for at, level in zip(self.times, self.levels, strict=True):
+            if at >= t and level > dbfs:
+                return at
+        return None
+
+    def speech_ms_between(self, t0: float, t1: float, dbfs: float = SPEECH_DBFS) -> float:
+        return 20.0 * sum(1 for at, lv in zip(self.times, self.levels, strict=True) if t0 <= at < t1 and lv > dbfs)
+
+    def last_speech_before(self, t: float, dbfs: float = SPEECH_DBFS) -> float | None:
+        found = None
+        for at, level in zip(self.times, self.levels, strict=True):
+            if at < t and level > dbfs:
+                found = at
+        return found
+
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+
+    def gaps(self, t0: float, t1: float, late_ms: float = 60.0) -> tuple[int, int]:
+        """(frames, late frames) between t0 and t1: a late frame arrived > late_ms after the previous one."""
+        sel = [at for at in self.times if t0 <= at < t1]
+        late = sum(1 for a, b in zip(sel, sel[1:], strict=False) if (b - a) * 1000.0 > late_ms)
+        return len(sel), late
+
+
+class ParleyCall:
+    """One call to a Parley server over WebRTC (loopback)."""
+
+    def __init__(self, url: str, session: dict[str, Any] | None = None, keep_audio: bool = True) -> None:
+        self.url = url.rstrip("/")
+        self.overrides = session or {}
+        self.keep_audio = keep_audio
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.mic = MicTrack()
+        self.received = Received()
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.session_id: str | None = None
+        self.server_clock_origin: float | None = None
+        self._event_cond = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._opened = asyncio.Event()
+        self.channel = self.pc.createDataChannel("events")
+
+    async def connect(self, timeout: float = 20.0) -> None:
+        pc = self.pc
+        pc.addTrack(self.mic)
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            self._tasks.append(asyncio.create_task(self._record(track)))
+
+        @self.channel.on("message")
+        def on_message(message: str | bytes) -> None:
+            event = json.loads(message)
+            self.events.append((time.monotonic(), event))
+            if event.get("type") == "session.created":
+                self.server_clock_origin = event["session"].get("clock", {}).get("monotonic_origin_s")
+            asyncio.ensure_future(self._notify())
+
+        @self.channel.on("open")
+        def on_open() -> None:
+            self._opened.set()
+
+        await pc.setLocalDescription(await pc.createOffer())
+        for transceiver in pc.getTransceivers():
+            tune_receiver(transceiver.receiver, 0)
+        async with aiohttp.ClientSession() as http:
+            body = {"sdp": pc.localDescription.sdp, "type": "offer", "session": self.overrides}
+            async with http.post(f"{self.url}/offer", json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                answer = await r.json()
+                if r.status != 200:
+                    raise RuntimeError(f"offer rejected ({r.status}): {answer}")
+        self.session_id = answer["session_id"]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        await asyncio.wait_for(self._opened.wait(), timeout)
+        await self.wait_for("session.created", timeout=timeout)
+
+    async def _record(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0].astype(np.float32) / 32768.0
+                level = 20.0 * np.log10(max(float(np.sqrt(np.mean(pcm * pcm))), 1e-6))
+                self.received.times.append(now)
+                self.received.levels.append(level)
+                if self.keep_audio:
+                    self.received.chunks.append(pcm)
+        except MediaStreamError:
+            return
+
+    async def _notify(self) -> None:
+        async with self._event_cond:
+            self._event_cond.notify_all()
+
+    def send(self, event: dict[str, Any]) -> None:
+        self.channel.send(json.dumps(event))
+
+    def play(self, samples: np.ndarray, rate: int, marks: dict[str, int] | None = None) -> float:
+        """Queue audio for real-time sending; returns its duration in seconds. Marks are in input samples."""
+        scaled = {k: int(v * RATE / rate) for k, v in (marks or {}).items()}
+        self.mic.enqueue(to_48k(samples, rate), scaled)
+        return samples.size / rate
+
+    async def play_and_wait(self, samples: np.ndarray, rate: int, marks: dict[str, int] | None = None) -> None:
+        self.play(samples, rate, marks)
+        while not self.mic.idle:
+            await asyncio.sleep(0.01)
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for _, e in self.events if e.get("type") == kind]
+
+    def first_time(self, kind: str, after: float = 0.0) -> float | None:
+        return next((t for t, e in self.events if e.get("type") == kind and t >= after), None)
+
+    async def wait_for(self, kind: str, timeout: float = 30.0, after: float = 0.0,
+                       where: Any = None) -> dict[str, Any]:
+        """The first event of `kind` that arrived at or after `after` (monotonic s) and matches `where`."""
+        deadline = time.monotonic() + timeout
+
+        def find() -> dict[str, Any] | None:
+            for t, e in self.events:
+                if e.get("type") == kind and t >= after and (where is None or where(e)):
+                    return e
+            return None
+
+        async with self._event_cond:
+            while (found := find()) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    seen = [e.get("type") for _, e in self.events[-12:]]
+                    raise TimeoutError(f"no {kind} within {timeout:.0f} s; last events: {seen}")
+                try:
+                    await asyncio.wait_for(self._event_cond.wait(), remaining)
+                except TimeoutError:
+                    continue
+            return found
+
+    def server_time(self, session_ms: float) -> float:
+        """A server session timestamp (ms) on this machine's monotonic clock (same host only)."""
+        if self.server_clock_origin is None:
+            raise RuntimeError("the server did not announce its clock origin")
+        return self.server_clock_origin + session_ms / 1000.0
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.mic.stop()
+        await self.pc.close()

@@ -1,0 +1,150 @@
+"""The HTTP surface: the web client, WebRTC signalling, health, stats and metrics.
+
+    GET  /          the browser client (web/)
+    POST /offer     {"sdp", "type": "offer", "session": {...overrides}} -> {"sdp", "type": "answer", "session_id"}
+    GET  /healthz   liveness and readiness
+    GET  /stats     live sessions and the last sessions' summaries
+    GET  /metrics   Prometheus
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from realtime import metrics
+from realtime.config import Config, ConfigError
+from realtime.engine import CapacityError, Engine
+from realtime.transports import aiortc_tuning, ice
+from realtime.transports.webrtc import OfferError, WebRTCCall
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+CALLS = web.AppKey("calls", set[WebRTCCall])
+PROBE: web.AppKey[metrics.LoopLagProbe] = web.AppKey("probe", metrics.LoopLagProbe)
+LOADER: web.AppKey[asyncio.Task[None]] = web.AppKey("loader", asyncio.Task)
+RETRY_AFTER_S = 2
+
+
+def json_error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"type": kind, "message": message}}, status=status, headers=headers)
+
+
+async def offer(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    try:
+        body = await request.json(loads=json.loads)
+    except web.HTTPRequestEntityTooLarge:
+        return json_error(413, "request_too_large", f"the offer exceeds {engine.config.server.max_body_bytes} bytes")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return json_error(400, "invalid_json", "the request body is not valid JSON")
+    if not isinstance(body, dict):
+        return json_error(400, "invalid_request_error", "the request body must be a JSON object")
+    sdp, kind = body.get("sdp"), body.get("type")
+    if kind != "offer" or not isinstance(sdp, str) or not sdp.strip():
+        return json_error(400, "invalid_request_error", "need {'sdp': <offer SDP string>, 'type': 'offer'}")
+    overrides = body.get("session", {})
+    if not isinstance(overrides, dict):
+        return json_error(400, "invalid_request_error", "'session' must be an object of [session] overrides")
+    try:
+        settings = engine.session_settings(overrides)
+    except ConfigError as exc:
+        return json_error(400, "invalid_session", str(exc))
+    if not engine.ready or len(engine.sessions) >= engine.config.server.max_sessions:
+        reason = "loading" if not engine.ready else "capacity"
+        metrics.REJECTED.labels(reason).inc()
+        return json_error(503, reason, "models are loading" if reason == "loading" else "server at capacity",
+                          headers={"Retry-After": str(RETRY_AFTER_S)})
+    call = WebRTCCall(engine, request.app[CALLS])
+    try:
+        answer = await call.accept(sdp, settings)
+    except OfferError as exc:
+        return json_error(400, "invalid_sdp", str(exc))
+    except CapacityError as exc:
+        metrics.REJECTED.labels("capacity").inc()
+        return json_error(503, "capacity", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+    assert call.session is not None
+    return web.json_response({"sdp": answer, "type": "answer", "session_id": call.session.id})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    probe = request.app[PROBE]
+    return web.json_response({
+        "status": "ok" if engine.ready else "loading",
+        "pid": os.getpid(),
+        "stack": engine.stack.name if engine.ready else engine.config.models.stack,
+        "sessions": len(engine.sessions),
+        "max_sessions": engine.config.server.max_sessions,
+        "load_seconds": engine.load_seconds,
+        "uptime_s": round(time.time() - engine.started_at, 1),
+        "event_loop_lag_max_ms": round(probe.max_ms, 2),
+        "ice": ice.summary(engine.config.ice),
+        "models": engine.stack.info if engine.ready else {},
+    })
+
+
+async def stats(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    live = [{"id": s.id, "transport": s.link.kind, "state": s.controller.state.value,
+             **s.controller.stats.summary()} for s in engine.sessions.values()]
+    return web.json_response({"pid": os.getpid(), "live": live, "recent": list(engine.recent_summaries)})
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html")
+
+
+def create_app(config: Config, engine: Engine | None = None) -> web.Application:
+    ice.install(config.ice)
+    aiortc_tuning.install()
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[ENGINE] = engine or Engine(config)
+    calls: set[WebRTCCall] = set()
+    app[CALLS] = calls
+    app[PROBE] = metrics.LoopLagProbe()
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", WEB_DIR, show_index=False)
+    app.router.add_post("/offer", offer)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", prometheus)
+    app.on_startup.append(_startup)
+    app.on_shutdown.append(_shutdown)
+    return app
+
+
+async def _startup(app: web.Application) -> None:
+    app[PROBE].start()
+    engine = app[ENGINE]
+
+    async def load() -> None:
+        try:
+            await engine.load()
+        except Exception:
+            log.exception("loading the %s stack failed", engine.config.models.stack)
+            raise
+
+    # Listen at once and report "loading" on /healthz: a process manager can tell starting from stuck.
+    app[LOADER] = asyncio.create_task(load(), name="load-stack")
+
+
+async def _shutdown(app: web.Application) -> None:
+    calls: set[WebRTCCall] = app[CALLS]
+    for call in list(calls):
+        await call.close("server_shutdown")
+    await app[ENGINE].shutdown()
+    await app[PROBE].stop()

@@ -1,0 +1,323 @@
+"""Parley's configuration: TOML files validated into typed dataclasses.
+
+Every table in a config file maps to one dataclass below. Validation happens once, at start-up, and every error
+names the offending key (``[session].end_of_turn_ms``) so a typo never silently falls back to a default.
+The ``[session]`` table is also what a client may override per call (``POST /offer`` and ``session.update``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+DEFAULT_INSTRUCTIONS = (
+    "You are Parley, a friendly voice assistant on a phone-like call. Answer in one or two short spoken "
+    "sentences. Never use lists, markdown, code or emoji. If you need the time, a date or arithmetic, "
+    "call a tool."
+)
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or of the wrong type; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Sessions per worker process; beyond it POST /offer answers 503 with Retry-After.
+    max_sessions: int = 4
+    # Worker processes sharing the port (SO_REUSEPORT); 0 = one per CPU core.
+    workers: int = 1
+    max_body_bytes: int = 65536
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class IceServer:
+    urls: list[str] = field(default_factory=list)
+    username: str = ""
+    credential: str = ""
+
+
+@dataclass(frozen=True)
+class IceConfig:
+    # Host-candidate addresses. Empty = every address of every interface, loopback included (aioice
+    # leaves loopback out, which breaks calls inside a namespace that has only `lo`).
+    addresses: list[str] = field(default_factory=list)
+    # Interface names to gather on (e.g. ["eth0", "lo"]); combined with `addresses`.
+    interfaces: list[str] = field(default_factory=list)
+    include_loopback: bool = True
+    use_ipv6: bool = True
+    # Announced as a server-reflexive candidate when the server sits behind a 1:1 NAT (cloud VMs).
+    public_ip: str = ""
+    # UDP port range for media sockets; 0/0 = any ephemeral port.
+    port_min: int = 0
+    port_max: int = 0
+    # STUN/TURN servers; none by default so a deployment never talks to a third party it did not name.
+    servers: list[IceServer] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WebRTCConfig:
+    # aiortc's receive jitter buffer holds 4 packets (~80 ms) before releasing audio, for smooth playout.
+    # Parley feeds a VAD and a tokenizer, which need order, not smoothness: 0 releases each in-order packet at
+    # once (see realtime/transports/aiortc_tuning.py); N > 0 restores aiortc's buffer with prefetch N.
+    receive_prefetch: int = 0
+    # Close a call whose incoming audio stopped this long ago (a client that vanished without hanging up).
+    media_timeout_ms: int = 10000
+    # Outgoing audio pacing: frame length in ms (Opus at 48 kHz).
+    frame_ms: int = 20
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Per-session behaviour; every key may be overridden by a client per call."""
+
+    instructions: str = DEFAULT_INSTRUCTIONS
+    voice: str = "heart"
+    speed: float = 1.0
+    # Voice-control fields honoured by stacks that can (Step-Audio); others answer with a warning event.
+    emotion: str = ""
+    dialect: str = ""
+    style: str = ""
+    # Silence (ms after the last speech frame) that starts a speculative draft.
+    speculate_after_ms: int = 200
+    # Silence that ends the user's turn.
+    end_of_turn_ms: int = 700
+    speculation: bool = True
+    max_drafts_per_turn: int = 4
+    # Speech needed while the assistant talks before it counts as barge-in (echo/noise guard).
+    barge_in_ms: int = 300
+    vad_threshold: float = 0.5
+    # While the assistant talks the VAD threshold is raised by this much (echo guard).
+    vad_threshold_while_speaking: float = 0.2
+    # Speech shorter than this does not start a user turn (clicks, coughs).
+    min_speech_ms: int = 64
+    max_response_tokens: int = 120
+    temperature: float = 0.3
+    tools: bool = True
+    tool_timeout_ms: int = 4000
+    # Spoken while a tool runs longer than filler_after_ms; empty disables it.
+    tool_filler: str = "One moment."
+    filler_after_ms: int = 600
+    # Context budget in LM tokens (system prompt included); oldest turns are trimmed first.
+    context_tokens: int = 1536
+    # Longest user turn kept in audio; longer speech forces an end of turn.
+    max_turn_ms: int = 28000
+
+
+@dataclass(frozen=True)
+class EmbeddedStackConfig:
+    lm: Literal["qwen2.5-0.5b", "smollm2-135m"] = "qwen2.5-0.5b"
+    asr: Literal["whisper-base", "whisper-tiny.en"] = "whisper-base"
+    language: str = "en"
+    # The tokenizer stage transcribes the running turn every time this much new speech has arrived.
+    asr_segment_ms: int = 1000
+    asr_threads: int = 2
+    lm_threads: int = 2
+    lm_context: int = 2048
+    tts_threads: int = 1
+    # Where setup assembled the models; empty = $PARLEY_MODELS or ~/.cache/parley/models.
+    model_dir: str = ""
+
+
+@dataclass(frozen=True)
+class OpenAIStackConfig:
+    # LM served elsewhere (vLLM, llama.cpp server); VAD, tokenizer and TTS stay embedded.
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    connect_timeout_s: float = 5.0
+    # No token for this long mid-stream = failure.
+    read_timeout_s: float = 30.0
+    retries: int = 2
+    # Send tool schemas in the OpenAI "tools" format (needs server support: vLLM --enable-auto-tool-choice).
+    tools: bool = True
+
+
+@dataclass(frozen=True)
+class StepAudioStackConfig:
+    tokenizer_dir: str = ""
+    chat_dir: str = ""
+    tts_dir: str = ""
+    device: str = "cuda"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # "transformers" runs Step-Audio-Chat in-process; "openai" sends <audio_N> text to [models.openai].
+    chat_backend: Literal["transformers", "openai"] = "transformers"
+    decoder_chunk_groups: int = 10
+    decoder_overlap_groups: int = 1
+
+
+@dataclass(frozen=True)
+class EchoStackConfig:
+    # A cheap stack for capacity tests: Silero VAD, no ASR, a canned reply and a tone.
+    reply: str = "I heard you."
+    tone_hz: float = 440.0
+    tone_ms: int = 1200
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    stack: Literal["embedded", "openai", "step-audio", "echo"] = "embedded"
+    embedded: EmbeddedStackConfig = field(default_factory=EmbeddedStackConfig)
+    openai: OpenAIStackConfig = field(default_factory=OpenAIStackConfig)
+    step_audio: StepAudioStackConfig = field(default_factory=StepAudioStackConfig)
+    echo: EchoStackConfig = field(default_factory=EchoStackConfig)
+
+
+@dataclass(frozen=True)
+class TelephonyNumber:
+    """Session overrides applied to calls to one number (SIP user part or Twilio `To`)."""
+
+    number: str = ""
+    session: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TelephonyConfig:
+    twilio: bool = False
+    sip: bool = False
+    sip_host: str = "127.0.0.1"
+    sip_port: int = 5060
+    # Address put in SDP answers; empty = sip_host.
+    rtp_public_ip: str = ""
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 20999
+    codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA"])
+    # Public wss:// URL Twilio should stream to; empty = derived from the request's Host header.
+    twilio_stream_url: str = ""
+    numbers: list[TelephonyNumber] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    ice: IceConfig = field(default_factory=IceConfig)
+    webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    telephony: TelephonyConfig = field(default_factory=TelephonyConfig)
+
+
+T = TypeVar("T")
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a TOML config; None gives the built-in defaults (the embedded stack)."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return build(Config, raw, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def build(cls: type[T], raw: Any, where: str) -> T:
+    """Validate a mapping into dataclass `cls`; `where` is its dotted table path, used in error messages."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{where or 'root'}] must be a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        listed = ", ".join(_key(where, k) for k in unknown)
+        raise ConfigError(f"unknown key {listed} (known: {', '.join(sorted(names))})")
+    return cls(**{name: _coerce(hints[name], raw[name], where, name) for name in raw})
+
+
+def with_session_overrides(base: SessionConfig, overrides: dict[str, Any], where: str = "session") -> SessionConfig:
+    """A copy of `base` with a client's overrides applied, validated like the config file."""
+    merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(SessionConfig)}
+    checked = build(SessionConfig, overrides, where)
+    merged.update({k: getattr(checked, k) for k in overrides})
+    return check_session(SessionConfig(**merged), where)
+
+
+def check_session(s: SessionConfig, where: str = "session") -> SessionConfig:
+    """Cross-field rules of [session] that types alone cannot express."""
+    if s.speculate_after_ms < 0 or s.end_of_turn_ms <= 0:
+        raise ConfigError(f"[{where}] speculate_after_ms must be >= 0 and end_of_turn_ms > 0")
+    if s.speculate_after_ms >= s.end_of_turn_ms:
+        raise ConfigError(
+            f"[{where}].speculate_after_ms ({s.speculate_after_ms}) must be below "
+            f"end_of_turn_ms ({s.end_of_turn_ms})"
+        )
+    if not 0.0 < s.vad_threshold < 1.0:
+        raise ConfigError(f"[{where}].vad_threshold must be between 0 and 1, got {s.vad_threshold}")
+    if not 0.5 <= s.speed <= 2.0:
+        raise ConfigError(f"[{where}].speed must be between 0.5 and 2.0, got {s.speed}")
+    if s.max_drafts_per_turn < 0 or s.barge_in_ms < 0 or s.max_response_tokens <= 0:
+        raise ConfigError(f"[{where}] max_drafts_per_turn, barge_in_ms must be >= 0; max_response_tokens > 0")
+    return s
+
+
+def validate(config: Config) -> Config:
+    """Checks that span tables; called by server start-up after load_config."""
+    check_session(config.session)
+    if config.server.max_sessions <= 0:
+        raise ConfigError("[server].max_sessions must be > 0")
+    ice = config.ice
+    if (ice.port_min or ice.port_max) and not 0 < ice.port_min <= ice.port_max <= 65535:
+        raise ConfigError("[ice] port_min..port_max must be a valid range (1..65535), or both 0")
+    for number in config.telephony.numbers:
+        with_session_overrides(config.session, number.session, f"telephony.numbers.{number.number}.session")
+    return config
+
+
+def _key(where: str, name: str) -> str:
+    return f"[{where}].{name}" if where else name
+
+
+def _coerce(tp: Any, value: Any, where: str, name: str) -> Any:
+    key = _key(where, name)
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return build(tp, value, f"{where}.{name}" if where else name)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
+        return [_coerce(item, v, where, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {type(value).__name__}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: unions are not supported in config")  # pragma: no cover - schema bug
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp!r}")  # pragma: no cover - schema bug

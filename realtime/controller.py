@@ -1,0 +1,754 @@
+"""The turn-taking controller: speculative drafts, commit/discard, barge-in, tools.
+
+A pure state machine. Every input is a method call carrying `now` (milliseconds on the session's clock); every
+method returns the effects the session must carry out (start a transcription, start or cancel generation,
+release or stop audio, run a tool, send an event). It never does I/O, never awaits and never reads a clock,
+so tests drive it with a virtual clock and scripted inputs, and the session stays a thin executor.
+
+States (docs/ARCHITECTURE.md draws them):
+
+    LISTENING      nobody speaks; nothing is being generated
+    USER_SPEAKING  the user is speaking (a turn is open)
+    PAUSED         the user stopped less than end_of_turn_ms ago; no draft runs
+    DRAFTING       paused, and a speculative draft runs: transcription, LM and decoder, but no audio out
+    RESPONDING     the turn ended; the committed response generates and/or plays
+
+Transitions:
+
+    LISTENING     --speech_started-->                          USER_SPEAKING  (opens a turn)
+    USER_SPEAKING --speech_stopped-->                          PAUSED
+    PAUSED        --speech_started-->                          USER_SPEAKING  (same turn)
+    PAUSED        --silence >= speculate_after_ms, drafts left-> DRAFTING     (speculation.started)
+    DRAFTING      --speech_started-->                          USER_SPEAKING  (speculation.discarded)
+    PAUSED        --silence >= end_of_turn_ms-->               RESPONDING     (fresh response)
+    DRAFTING      --silence >= end_of_turn_ms, same input-->   RESPONDING     (speculation.committed)
+    DRAFTING      --silence >= end_of_turn_ms, input differs-> RESPONDING     (discarded, fresh response)
+    PAUSED/DRAFTING --end of turn, empty transcript-->         LISTENING
+    RESPONDING    --audio played and generation done-->        LISTENING      (response.done)
+    RESPONDING    --speech for >= barge_in_ms-->               USER_SPEAKING  (barge-in: audio stopped, context
+                                                                               truncated to what was heard)
+    RESPONDING    --response.cancel from the client-->         LISTENING
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from models.interfaces import Message, ToolCall, ToolSpec, UserInput
+from realtime import events
+from realtime.config import SessionConfig
+from realtime.context import ContextManager
+from realtime.sentences import heard_prefix
+
+
+class State(StrEnum):
+    LISTENING = "listening"
+    USER_SPEAKING = "user_speaking"
+    PAUSED = "paused"
+    DRAFTING = "drafting"
+    RESPONDING = "responding"
+
+
+# --- effects: what the session must do --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenTurn:
+    """The listener starts collecting a user turn at this sample (it adds its own pre-roll)."""
+
+    start_sample: int
+
+
+@dataclass(frozen=True)
+class CloseTurn:
+    pass
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    """Produce the user input for the open turn's audio up to `end_sample`; `gen_id` owns the work, if any."""
+
+    input_id: str
+    end_sample: int
+    gen_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Run the LM on `messages` and synthesize what it says; audio is held until ReleaseAudio if speculative.
+
+    A second Generate for the same `gen_id` continues that generation after a tool call.
+    """
+
+    gen_id: str
+    messages: list[Message]
+    speculative: bool
+
+
+@dataclass(frozen=True)
+class CancelGeneration:
+    gen_id: str
+
+
+@dataclass(frozen=True)
+class ReleaseAudio:
+    gen_id: str
+
+
+@dataclass(frozen=True)
+class StopPlayout:
+    gen_id: str
+
+
+@dataclass(frozen=True)
+class RunTool:
+    gen_id: str
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class CancelTool:
+    call_id: str
+
+
+@dataclass(frozen=True)
+class Speak:
+    """Synthesize a fixed text into the response's audio (tool filler)."""
+
+    gen_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Send:
+    event: dict[str, Any]
+
+
+Effect = (
+    OpenTurn | CloseTurn | Transcribe | Generate | CancelGeneration | ReleaseAudio | StopPlayout | RunTool
+    | CancelTool | Speak | Send
+)
+
+
+# --- bookkeeping ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Turn:
+    item_id: str
+    start_sample: int
+    speech_started_ms: float
+    end_sample: int = 0
+    speech_end_ms: float | None = None
+    drafts: int = 0
+    discarded: int = 0
+    wasted_tokens: int = 0
+    final_input_id: str | None = None
+
+
+@dataclass
+class PendingTool:
+    call: ToolCall
+    started_ms: float
+    deadline_ms: float
+    filler_sent: bool = False
+
+
+@dataclass
+class Gen:
+    """One generation: a draft (speculative until committed) or a fresh response."""
+
+    id: str
+    input_id: str
+    end_sample: int
+    started_ms: float
+    speculative: bool
+    response_id: str
+    item_id: str
+    input: UserInput | None = None
+    committed_ms: float | None = None
+    input_ready_ms: float | None = None
+    first_token_ms: float | None = None
+    first_audio_ready_ms: float | None = None
+    first_audio_out_ms: float | None = None
+    tokens: int = 0
+    # Text of the current LM segment (since the last tool call), and what was synthesized: (text, ms, in_context).
+    segment_text: str = ""
+    pieces: list[tuple[str, float, bool]] = field(default_factory=list)
+    segment_first_piece: int = 0
+    full_text: str = ""
+    lm_done: bool = False
+    audio_done: bool = False
+    waiting_tool: ToolCall | None = None
+    tool: PendingTool | None = None
+    cancel_requested_ms: float | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.committed_ms is not None
+
+
+@dataclass
+class Stats:
+    drafts_started: int = 0
+    drafts_committed: int = 0
+    drafts_discarded: int = 0
+    responses: int = 0
+    barge_ins: int = 0
+    saved_ms: list[float] = field(default_factory=list)
+    tokens_total: int = 0
+    tokens_wasted: int = 0
+    cancel_latency_ms: list[float] = field(default_factory=list)
+    voice_to_voice_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        def dist(xs: list[float]) -> dict[str, float | int | None]:
+            return {
+                "n": len(xs),
+                "mean": round(statistics.fmean(xs), 1) if xs else None,
+                "p50": round(statistics.median(xs), 1) if xs else None,
+                "max": round(max(xs), 1) if xs else None,
+            }
+
+        return {
+            "responses": self.responses,
+            "drafts_started": self.drafts_started,
+            "drafts_committed": self.drafts_committed,
+            "drafts_discarded": self.drafts_discarded,
+            "commit_rate": round(self.drafts_committed / self.drafts_started, 3) if self.drafts_started else None,
+            "saved_ms": dist(self.saved_ms),
+            "tokens_total": self.tokens_total,
+            "tokens_wasted": self.tokens_wasted,
+            "wasted_token_ratio": round(self.tokens_wasted / self.tokens_total, 3) if self.tokens_total else 0.0,
+            "cancel_latency_ms": dist(self.cancel_latency_ms),
+            "voice_to_voice_ms": dist(self.voice_to_voice_ms),
+            "barge_ins": self.barge_ins,
+        }
+
+
+# --- the controller ------------------------------------------------------------------------------------------
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: SessionConfig,
+        context: ContextManager,
+        tools: list[ToolSpec],
+        normalize: Callable[[str], str] = lambda s: s,
+    ) -> None:
+        self.settings = settings
+        self.context = context
+        self.tools = tools
+        self.normalize = normalize
+        self.state = State.LISTENING
+        self.stats = Stats()
+        self.turn: Turn | None = None
+        self.draft: Gen | None = None
+        self.response: Gen | None = None
+        self._gens: dict[str, Gen] = {}  # every generation whose work may still be running
+        self._ids = itertools.count(1)
+        # Barge-in candidate: speech that started while responding, not yet long enough to count.
+        self._barge_start: tuple[float, int] | None = None
+        self._out: list[Effect] = []
+
+    # --- inputs ----------------------------------------------------------------------------------------------
+
+    def speech_started(self, now: float, start_sample: int) -> list[Effect]:
+        if self.state == State.LISTENING:
+            self._open_turn(now, start_sample)
+        elif self.state in (State.PAUSED, State.DRAFTING):
+            if self.draft is not None:
+                self._discard(self.draft, now, "speech_resumed")
+            self._set(State.USER_SPEAKING)
+            assert self.turn is not None
+            self.turn.speech_end_ms = None
+            self._send("input_audio_buffer.speech_started", item_id=self.turn.item_id, audio_start_ms=now)
+        elif self.state == State.RESPONDING and self._barge_start is None:
+            self._barge_start = (now, start_sample)
+            self._check_barge_in(now)
+        return self._flush()
+
+    def speech_stopped(self, now: float, speech_end_ms: float, end_sample: int) -> list[Effect]:
+        if self.state == State.USER_SPEAKING:
+            assert self.turn is not None
+            self.turn.speech_end_ms = speech_end_ms
+            self.turn.end_sample = end_sample
+            self._set(State.PAUSED)
+            self._send("input_audio_buffer.speech_stopped", item_id=self.turn.item_id, audio_end_ms=speech_end_ms)
+            self._timers(now)
+        elif self.state == State.RESPONDING and self._barge_start is not None:
+            # Too short to be a barge-in: echo, a cough or a back-channel "mm-hm". The reply goes on.
+            self._barge_start = None
+        return self._flush()
+
+    def tick(self, now: float) -> list[Effect]:
+        self._timers(now)
+        return self._flush()
+
+    def input_ready(self, now: float, input_id: str, user_input: UserInput) -> list[Effect]:
+        turn = self.turn
+        if turn is not None and input_id == turn.final_input_id:
+            self._final_input(now, user_input)
+            return self._flush()
+        gen = next((g for g in self._gens.values() if g.input_id == input_id), None)
+        if gen is None or gen.input is not None or gen.cancel_requested_ms is not None:
+            return self._flush()
+        gen.input = user_input
+        gen.input_ready_ms = now
+        if not gen.committed:
+            if user_input.key:
+                # A draft's prompt is built from the history plus this input; the history itself is untouched.
+                self._emit(Generate(gen.id, self.context.messages_for(user_input), speculative=True))
+        elif not user_input.key:
+            # Committed before its transcript was ready, and nothing intelligible was said.
+            self._finish_response(gen, now, "cancelled", reason="empty_input")
+            self._set(State.LISTENING)
+        else:
+            self._user_turn_to_context(user_input)
+            self._emit(Generate(gen.id, self.context.messages_for(None), speculative=False))
+        return self._flush()
+
+    def lm_token(self, now: float, gen_id: str, text: str) -> list[Effect]:
+        gen = self._gens.get(gen_id)
+        if gen is None or gen.cancel_requested_ms is not None:
+            return []
+        if gen.first_token_ms is None:
+            gen.first_token_ms = now
+        gen.tokens += 1
+        gen.segment_text += text
+        gen.full_text += text
+        if gen.committed:
+            self._send("response.audio_transcript.delta", response_id=gen.response_id, item_id=gen.item_id, delta=text)
+        return self._flush()
+
+    def audio_ready(
+        self, now: float, gen_id: str, text: str, duration_ms: float, in_context: bool = True
+    ) -> list[Effect]:
+        """A decoder chunk exists (held for a draft). `text` is empty for a continuation of the same piece."""
+        gen = self._gens.get(gen_id)
+        if gen is None:
+            return []
+        if gen.first_audio_ready_ms is None:
+            gen.first_audio_ready_ms = now
+        if text or not gen.pieces:
+            gen.pieces.append((text, duration_ms, in_context))
+        else:
+            last_text, last_ms, last_ctx = gen.pieces[-1]
+            gen.pieces[-1] = (last_text, last_ms + duration_ms, last_ctx)
+        return []
+
+    def audio_started(self, now: float, gen_id: str) -> list[Effect]:
+        """The first frame of this generation's audio left for the wire."""
+        gen = self._gens.get(gen_id)
+        if gen is not None and gen.first_audio_out_ms is None:
+            gen.first_audio_out_ms = now
+        return []
+
+    def tool_requested(self, now: float, gen_id: str, call: ToolCall) -> list[Effect]:
+        gen = self._gens.get(gen_id)
+        if gen is None or gen.cancel_requested_ms is not None:
+            return []
+        gen.waiting_tool = call
+        if gen.committed:
+            self._run_tool(gen, call, now)
+        # A draft's tool call waits: tools never run for uncommitted drafts.
+        return self._flush()
+
+    def tool_finished(self, now: float, call_id: str, result: str) -> list[Effect]:
+        gen = self.response
+        if gen is None or gen.tool is None or gen.tool.call.id != call_id:
+            return []  # late result of a cancelled or timed-out tool
+        self._tool_done(gen, now, result, timed_out=False)
+        return self._flush()
+
+    def generation_finished(self, now: float, gen_id: str, error: str | None = None) -> list[Effect]:
+        gen = self._gens.get(gen_id)
+        if gen is None:
+            return []
+        if gen.cancel_requested_ms is not None:
+            # The work has actually stopped: that is the cancellation latency the brief asks us to measure.
+            self.stats.cancel_latency_ms.append(now - gen.cancel_requested_ms)
+            del self._gens[gen_id]
+            return []
+        gen.lm_done = True
+        if error:
+            self._send_error("server_error", f"generation failed: {error}")
+        if gen is self.response:
+            self._maybe_done(now)
+        return self._flush()
+
+    def audio_finished(self, now: float, gen_id: str) -> list[Effect]:
+        """Everything this generation queued has been played."""
+        gen = self._gens.get(gen_id)
+        if gen is not None:
+            gen.audio_done = True
+            if gen is self.response:
+                self._maybe_done(now)
+        return self._flush()
+
+    def playout_stopped(self, now: float, gen_id: str, played_ms: float) -> list[Effect]:
+        """After StopPlayout: how much of this generation's audio the user heard."""
+        gen = self._gens.get(gen_id)
+        if gen is None:
+            return []
+        segment = gen.pieces[gen.segment_first_piece :]
+        before = sum(ms for _, ms, _ in gen.pieces[: gen.segment_first_piece])
+        heard = heard_prefix([(t if ctx else "", ms) for t, ms, ctx in segment], max(0.0, played_ms - before))
+        if heard:
+            self.context.add_assistant(heard)
+        self._send(
+            "conversation.item.truncate", item_id=gen.item_id, content_index=0, audio_end_ms=round(played_ms),
+            transcript=heard,
+        )
+        return self._flush()
+
+    def update_settings(self, settings: SessionConfig) -> list[Effect]:
+        self.settings = settings
+        self.context.instructions = settings.instructions
+        self.context.budget_tokens = settings.context_tokens
+        return []
+
+    def cancel_response(self, now: float) -> list[Effect]:
+        if self.response is not None:
+            self._interrupt(self.response, now, "cancelled", reason="client_cancelled")
+            self._set(State.LISTENING)
+        return self._flush()
+
+    def close(self, now: float) -> list[Effect]:
+        for gen in list(self._gens.values()):
+            if gen.cancel_requested_ms is None:
+                self._cancel_work(gen, now)
+        return self._flush()
+
+    def next_deadline(self) -> float | None:
+        """When tick() must next be called (the session sleeps until then or the next input)."""
+        s = self.settings
+        times: list[float] = []
+        turn = self.turn
+        if self.state in (State.PAUSED, State.DRAFTING) and turn is not None and turn.speech_end_ms is not None:
+            if self._may_speculate():
+                times.append(turn.speech_end_ms + s.speculate_after_ms)
+            times.append(turn.speech_end_ms + s.end_of_turn_ms)
+        if self._barge_start is not None:
+            times.append(self._barge_start[0] + s.barge_in_ms)
+        if self.response is not None and self.response.tool is not None:
+            tool = self.response.tool
+            times.append(tool.deadline_ms)
+            if not tool.filler_sent and s.tool_filler:
+                times.append(tool.started_ms + s.filler_after_ms)
+        return min(times) if times else None
+
+    # --- transitions -----------------------------------------------------------------------------------------
+
+    def _open_turn(self, now: float, start_sample: int) -> None:
+        self.turn = Turn(item_id=self._id("item"), start_sample=start_sample, speech_started_ms=now)
+        self._emit(OpenTurn(start_sample))
+        self._set(State.USER_SPEAKING)
+        self._send("input_audio_buffer.speech_started", item_id=self.turn.item_id, audio_start_ms=now)
+
+    def _may_speculate(self) -> bool:
+        turn = self.turn
+        return (
+            self.state == State.PAUSED
+            and self.settings.speculation
+            and turn is not None
+            and turn.drafts < self.settings.max_drafts_per_turn
+        )
+
+    def _timers(self, now: float) -> None:
+        s = self.settings
+        turn = self.turn
+        if self.state in (State.PAUSED, State.DRAFTING) and turn is not None and turn.speech_end_ms is not None:
+            silence = now - turn.speech_end_ms
+            if silence >= s.end_of_turn_ms:
+                self._end_of_turn(now)
+            elif silence >= s.speculate_after_ms and self._may_speculate():
+                self._start_draft(now)
+        self._check_barge_in(now)
+        self._check_tool(now)
+
+    def _start_draft(self, now: float) -> None:
+        turn = self.turn
+        assert turn is not None and turn.speech_end_ms is not None
+        gen = self._new_gen(now, turn.end_sample, speculative=True)
+        turn.drafts += 1
+        self.draft = gen
+        self.stats.drafts_started += 1
+        self._set(State.DRAFTING)
+        self._emit(Transcribe(gen.input_id, turn.end_sample, gen.id))
+        self._send(
+            "speculation.started", draft_id=gen.id, item_id=turn.item_id, speech_end_ms=turn.speech_end_ms,
+            started_ms=now, silence_ms=round(now - turn.speech_end_ms, 1),
+        )
+
+    def _discard(self, gen: Gen, now: float, reason: str) -> None:
+        turn = self.turn
+        self._cancel_work(gen, now)
+        self.stats.drafts_discarded += 1
+        self.stats.tokens_wasted += gen.tokens
+        self.stats.tokens_total += gen.tokens
+        if turn is not None:
+            turn.discarded += 1
+            turn.wasted_tokens += gen.tokens
+        self._send(
+            "speculation.discarded", draft_id=gen.id, reason=reason, discarded_ms=now,
+            age_ms=round(now - gen.started_ms, 1), tokens_wasted=gen.tokens,
+            audio_ms_wasted=round(sum(ms for _, ms, _ in gen.pieces), 1),
+        )
+        if self.draft is gen:
+            self.draft = None
+
+    def _end_of_turn(self, now: float) -> None:
+        turn = self.turn
+        assert turn is not None
+        draft = self.draft
+        if draft is not None and draft.end_sample == turn.end_sample:
+            if draft.input is not None and not draft.input.key:
+                self._discard(draft, now, "empty_input")
+                self._finish_empty_turn(now)
+            else:
+                # Same audio, so the same input: the draft *is* the response.
+                self._commit(draft, now)
+            return
+        # The input may differ from the draft's (or there is no draft): the final input decides.
+        turn.final_input_id = self._id("input")
+        self._set(State.RESPONDING)
+        self._emit(Transcribe(turn.final_input_id, turn.end_sample))
+
+    def _final_input(self, now: float, user_input: UserInput) -> None:
+        turn = self.turn
+        assert turn is not None
+        turn.final_input_id = None
+        draft = self.draft
+        if draft is not None and draft.input is not None and draft.input.key == user_input.key:
+            self._commit(draft, now)
+            return
+        if draft is not None:
+            self._discard(draft, now, "input_changed")
+        if not user_input.key:
+            self._finish_empty_turn(now)
+            return
+        gen = self._new_gen(now, turn.end_sample, speculative=False)
+        gen.input = user_input
+        gen.input_ready_ms = now
+        self._start_response(gen, now)
+        self._emit(Generate(gen.id, self.context.messages_for(None), speculative=False))
+
+    def _commit(self, gen: Gen, now: float) -> None:
+        self.draft = None
+        self.stats.drafts_committed += 1
+        self._start_response(gen, now)
+        self._send(
+            "speculation.committed", draft_id=gen.id, response_id=gen.response_id, committed_ms=now,
+            draft_age_ms=round(now - gen.started_ms, 1), tokens_ready=gen.tokens,
+            audio_ready_ms=round(sum(ms for _, ms, _ in gen.pieces), 1),
+        )
+        self._emit(ReleaseAudio(gen.id))
+        if gen.full_text:
+            self._send("response.audio_transcript.delta", response_id=gen.response_id, item_id=gen.item_id,
+                       delta=gen.full_text)
+        if gen.waiting_tool is not None:
+            self._run_tool(gen, gen.waiting_tool, now)
+
+    def _start_response(self, gen: Gen, now: float) -> None:
+        """The turn is over and `gen` answers it: the user's words enter the context, the response starts."""
+        turn = self.turn
+        assert turn is not None
+        gen.committed_ms = now
+        self.response = gen
+        self._set(State.RESPONDING)
+        self._emit(CloseTurn())
+        if gen.input is not None:
+            self._user_turn_to_context(gen.input)
+        self._send("response.created", response={"id": gen.response_id, "status": "in_progress",
+                                                  "speculative": gen.speculative})
+
+    def _user_turn_to_context(self, user_input: UserInput) -> None:
+        turn = self.turn
+        assert turn is not None
+        self.context.add_user(user_input)
+        self._send("conversation.item.input_audio_transcription.completed", item_id=turn.item_id,
+                   transcript=user_input.text)
+
+    def _finish_empty_turn(self, now: float) -> None:
+        """Nothing intelligible was said: no response, back to listening."""
+        self._emit(CloseTurn())
+        self.turn = None
+        self._set(State.LISTENING)
+
+    def _maybe_done(self, now: float) -> None:
+        gen = self.response
+        if gen is None or not gen.lm_done or not gen.audio_done or gen.tool is not None:
+            return
+        if gen.segment_text.strip():
+            self.context.add_assistant(gen.segment_text.strip())
+        self._finish_response(gen, now, "completed")
+        self._set(State.LISTENING)
+
+    def _check_barge_in(self, now: float) -> None:
+        if self._barge_start is None or self.state != State.RESPONDING:
+            return
+        started, sample = self._barge_start
+        if now - started < self.settings.barge_in_ms:
+            return
+        self._barge_start = None
+        gen = self.response
+        turn = self.turn
+        if gen is None and turn is not None:
+            # The turn ended but no response exists yet (final transcription running): the user was not done.
+            turn.final_input_id = None
+            turn.speech_end_ms = None
+            if self.draft is not None:
+                self._discard(self.draft, now, "speech_resumed")
+            self._set(State.USER_SPEAKING)
+            self._send("input_audio_buffer.speech_started", item_id=turn.item_id, audio_start_ms=started)
+            return
+        self.stats.barge_ins += 1
+        if gen is not None:
+            self._interrupt(gen, now, "cancelled", reason="turn_detected")
+        # The interrupting speech is the start of the next user turn.
+        self.turn = None
+        self._open_turn(started, sample)
+
+    def _interrupt(self, gen: Gen, now: float, status: str, reason: str) -> None:
+        self._emit(StopPlayout(gen.id))  # the session answers with playout_stopped(played_ms)
+        if gen.tool is not None:
+            self.context.add_assistant(gen.segment_text.strip(), tool_calls=(gen.tool.call,))
+            self.context.add_tool_result(gen.tool.call, '{"error": "cancelled: the user interrupted"}')
+            self._emit(CancelTool(gen.tool.call.id))
+            gen.tool = None
+            gen.segment_text = ""
+            gen.segment_first_piece = len(gen.pieces)
+        self._cancel_work(gen, now)
+        self._finish_response(gen, now, status, reason)
+
+    def _finish_response(self, gen: Gen, now: float, status: str, reason: str = "") -> None:
+        turn = self.turn
+        metrics = self._metrics(gen, turn)
+        self.stats.responses += 1
+        self.stats.tokens_total += gen.tokens
+        if metrics["saved_ms"] is not None:
+            self.stats.saved_ms.append(metrics["saved_ms"])
+        if metrics["speech_end_to_first_audio_ms"] is not None:
+            self.stats.voice_to_voice_ms.append(metrics["speech_end_to_first_audio_ms"])
+        response: dict[str, Any] = {
+            "id": gen.response_id, "status": status, "output_text": gen.full_text.strip(), "metrics": metrics,
+        }
+        if reason:
+            response["status_details"] = {"reason": reason}
+        self._send("response.done", response=response)
+        if self.response is gen:
+            self.response = None
+        if gen.id in self._gens and gen.cancel_requested_ms is None:
+            del self._gens[gen.id]
+        if turn is not None and self.turn is turn:
+            self.turn = None
+
+    def _metrics(self, gen: Gen, turn: Turn | None) -> dict[str, Any]:
+        speech_end = turn.speech_end_ms if turn is not None else None
+        saved = None
+        if gen.speculative and gen.committed_ms is not None and gen.first_audio_ready_ms is not None:
+            # Without the draft, the work would have started at commit and taken as long as it did here.
+            saved = max(0.0, min(gen.first_audio_ready_ms, gen.committed_ms) - gen.started_ms)
+        v2v = None
+        if speech_end is not None and gen.first_audio_out_ms is not None:
+            v2v = gen.first_audio_out_ms - speech_end
+
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, 1)
+
+        return {
+            "speech_end_ms": r(speech_end),
+            "draft_start_ms": r(gen.started_ms) if gen.speculative else None,
+            "commit_ms": r(gen.committed_ms),
+            "transcript_ready_ms": r(gen.input_ready_ms),
+            "lm_first_token_ms": r(gen.first_token_ms),
+            "first_audio_ready_ms": r(gen.first_audio_ready_ms),
+            "first_audio_out_ms": r(gen.first_audio_out_ms),
+            "speculative": gen.speculative,
+            "saved_ms": r(saved),
+            "speech_end_to_first_audio_ms": r(v2v),
+            "drafts_started": turn.drafts if turn is not None else 0,
+            "drafts_discarded": turn.discarded if turn is not None else 0,
+            "draft_tokens_wasted": turn.wasted_tokens if turn is not None else 0,
+            "tokens": gen.tokens,
+            "end_of_turn_ms": self.settings.end_of_turn_ms,
+            "speculate_after_ms": self.settings.speculate_after_ms,
+        }
+
+    # --- tools -----------------------------------------------------------------------------------------------
+
+    def _run_tool(self, gen: Gen, call: ToolCall, now: float) -> None:
+        gen.waiting_tool = None
+        gen.tool = PendingTool(call, started_ms=now, deadline_ms=now + self.settings.tool_timeout_ms)
+        self._emit(RunTool(gen.id, call))
+        self._send("response.function_call.started", response_id=gen.response_id, call_id=call.id,
+                   name=call.name, arguments=call.arguments)
+
+    def _check_tool(self, now: float) -> None:
+        s = self.settings
+        gen = self.response
+        if gen is None or gen.tool is None:
+            return
+        tool = gen.tool
+        if now >= tool.deadline_ms:
+            self._emit(CancelTool(tool.call.id))
+            self._tool_done(gen, now, '{"error": "the tool timed out"}', timed_out=True)
+        elif not tool.filler_sent and self.settings.tool_filler and now - tool.started_ms >= s.filler_after_ms:
+            tool.filler_sent = True
+            self._emit(Speak(gen.id, self.settings.tool_filler))
+
+    def _tool_done(self, gen: Gen, now: float, result: str, timed_out: bool) -> None:
+        tool = gen.tool
+        assert tool is not None
+        gen.tool = None
+        self.context.add_assistant(gen.segment_text.strip(), tool_calls=(tool.call,))
+        self.context.add_tool_result(tool.call, result)
+        gen.segment_text = ""
+        gen.segment_first_piece = len(gen.pieces)
+        self._send(
+            "response.function_call.completed", response_id=gen.response_id, call_id=tool.call.id,
+            name=tool.call.name, output=result, timed_out=timed_out, duration_ms=round(now - tool.started_ms, 1),
+        )
+        self._emit(Generate(gen.id, self.context.messages_for(None), speculative=False))
+
+    # --- plumbing --------------------------------------------------------------------------------------------
+
+    def _new_gen(self, now: float, end_sample: int, speculative: bool) -> Gen:
+        assert self.turn is not None
+        gen = Gen(
+            id=self._id("draft" if speculative else "gen"), input_id=self._id("input"), end_sample=end_sample,
+            started_ms=now, speculative=speculative, response_id=self._id("resp"), item_id=self._id("item"),
+        )
+        self._gens[gen.id] = gen
+        return gen
+
+    def _cancel_work(self, gen: Gen, now: float) -> None:
+        if gen.cancel_requested_ms is None:
+            gen.cancel_requested_ms = now
+            self._emit(CancelGeneration(gen.id))
+
+    def _set(self, state: State) -> None:
+        self.state = state
+
+    def _id(self, prefix: str) -> str:
+        return f"{prefix}_{next(self._ids)}"
+
+    def _emit(self, effect: Effect) -> None:
+        self._out.append(effect)
+
+    def _send(self, type_: str, **fields: Any) -> None:
+        self._out.append(Send(events.event(type_, **fields)))
+
+    def _send_error(self, kind: str, message: str) -> None:
+        self._out.append(Send(events.error(kind, message)))
+
+    def _flush(self) -> list[Effect]:
+        out, self._out = self._out, []
+        return out

@@ -1,0 +1,48 @@
+"""The event protocol spoken on the `events` data channel (and the telephony bridges' logs).
+
+Names follow the OpenAI Realtime API where one fits; Parley's own additions (speculation, tools) use the same
+dotted style. Every server event is a JSON object with `type` and `event_id`. README.md lists them all with
+their fields; `SERVER_EVENTS` and `CLIENT_EVENTS` are the authoritative lists the tests check against.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+SERVER_EVENTS = (
+    "session.created",
+    "session.updated",
+    "input_audio_buffer.speech_started",
+    "input_audio_buffer.speech_stopped",
+    "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_transcription.completed",
+    "speculation.started",
+    "speculation.discarded",
+    "speculation.committed",
+    "response.created",
+    "response.audio_transcript.delta",
+    "response.function_call.started",
+    "response.function_call.completed",
+    "response.done",
+    "conversation.item.truncate",
+    "session.summary",
+    "warning",
+    "error",
+)
+
+CLIENT_EVENTS = ("session.update", "response.cancel", "conversation.item.truncate", "ping")
+
+_ids = itertools.count(1)
+
+
+def event(type_: str, **fields: Any) -> dict[str, Any]:
+    """A server event; unknown names are a programming error, caught here rather than by a client."""
+    if type_ not in SERVER_EVENTS:
+        raise ValueError(f"not a server event: {type_}")
+    return {"type": type_, "event_id": f"evt_{next(_ids)}", **fields}
+
+
+def error(kind: str, message: str, **fields: Any) -> dict[str, Any]:
+    """`kind` is one of: invalid_request_error, invalid_event, unsupported, server_error, capacity."""
+    return event("error", error={"type": kind, "message": message, **fields})

@@ -1,0 +1,223 @@
+"""The listening half of a session: 16 kHz audio → VAD → speech start/stop, and the turn's tokenizer segments.
+
+Audio arrives stamped with the time the transport received it. Speech ends are dated by the window in which the
+speech was last heard, not by when the VAD became sure it had stopped, so the end-of-turn timer measures the
+user's real silence and the VAD's own hangover is not added to every response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.interfaces import SpeechTokenizer, TokenizerStream, UserInput, VadStream, VoiceActivityDetector
+from realtime.audio import ENGINE_RATE, AudioRing
+
+log = logging.getLogger(__name__)
+
+PREROLL_MS = 240  # audio kept before the VAD's speech start: the onset of the first word
+NEG_THRESHOLD_GAP = 0.15  # hysteresis: speech continues until the probability falls this far below threshold
+
+
+@dataclass(frozen=True)
+class SpeechStart:
+    at_ms: float
+    sample: int
+
+
+@dataclass(frozen=True)
+class SpeechStop:
+    at_ms: float
+    speech_end_ms: float
+    sample: int
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    text: str
+
+
+ListenerEvent = SpeechStart | SpeechStop | Hypothesis
+
+
+class SpeechSegmenter:
+    """Per-window speech probabilities → debounced speech starts and stops (pure; unit-tested)."""
+
+    def __init__(self, window_samples: int, threshold: float, min_speech_ms: int) -> None:
+        self.window_ms = window_samples * 1000 / ENGINE_RATE
+        self.threshold = threshold
+        self.min_speech_ms = min_speech_ms
+        self.speaking = False
+        self._run_ms = 0.0
+        self._run_start: tuple[float, int] | None = None
+        self._last_speech: tuple[float, int] = (0.0, 0)
+
+    def push(self, prob: float, at_ms: float, end_sample: int) -> SpeechStart | SpeechStop | None:
+        start_sample = end_sample - int(self.window_ms * ENGINE_RATE / 1000)
+        if not self.speaking:
+            if prob >= self.threshold:
+                if self._run_start is None:
+                    self._run_start = (at_ms, start_sample)
+                    self._run_ms = 0.0
+                self._run_ms += self.window_ms
+                self._last_speech = (at_ms, end_sample)
+                if self._run_ms >= self.min_speech_ms:
+                    self.speaking = True
+                    started = self._run_start
+                    self._run_start = None
+                    return SpeechStart(at_ms=started[0], sample=started[1])
+            else:
+                self._run_start = None
+            return None
+        if prob >= self.threshold - NEG_THRESHOLD_GAP:
+            self._last_speech = (at_ms, end_sample)
+            return None
+        self.speaking = False
+        return SpeechStop(at_ms=at_ms, speech_end_ms=self._last_speech[0], sample=self._last_speech[1])
+
+
+class Listener:
+    """Runs the VAD on a stage thread and the tokenizer's segment passes on another, posting events in order."""
+
+    def __init__(
+        self,
+        vad: VoiceActivityDetector,
+        tokenizer: SpeechTokenizer,
+        vad_executor: Executor,
+        asr_executor: Executor,
+        post: Callable[[ListenerEvent], None],
+        threshold: float,
+        min_speech_ms: int,
+        max_turn_ms: int,
+    ) -> None:
+        self._vad: VadStream = vad.open_stream()
+        self._window = vad.frame_samples
+        self._tokenizer: TokenizerStream = tokenizer.open_stream()
+        self._segment_samples = max(1, tokenizer.segment_ms * ENGINE_RATE // 1000)
+        self._vad_executor = vad_executor
+        self._asr_executor = asr_executor
+        self._post = post
+        self.segmenter = SpeechSegmenter(self._window, threshold, min_speech_ms)
+        # Recent audio: enough for the longest turn plus pre-roll.
+        self._audio = AudioRing((max_turn_ms + 2 * PREROLL_MS) * ENGINE_RATE // 1000)
+        self._pending = np.zeros(0, np.float32)
+        # (absolute end sample, arrival ms) of recent pushes: each VAD window is dated by the push that completed it.
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=256)
+        self._queue: asyncio.Queue[tuple[np.ndarray, float] | None] = asyncio.Queue()
+        self._turn_start: int | None = None
+        self._next_segment = 0
+        self._segment_task: asyncio.Future[str] | None = None
+        self._task = asyncio.create_task(self._run(), name="listener")
+
+    # --- called by the session (event loop) ------------------------------------------------------------------
+
+    def push(self, samples: np.ndarray, at_ms: float) -> None:
+        """16 kHz float32 mono from the transport, stamped with its arrival time."""
+        self._queue.put_nowait((samples, at_ms))
+
+    def set_threshold(self, threshold: float) -> None:
+        self.segmenter.threshold = threshold
+
+    def open_turn(self, start_sample: int) -> None:
+        start = max(self._audio.start, start_sample - PREROLL_MS * ENGINE_RATE // 1000)
+        self._turn_start = start
+        self._next_segment = start + self._segment_samples
+        self._tokenizer.reset()
+
+    def close_turn(self) -> None:
+        self._turn_start = None
+
+    def turn_audio(self, end_sample: int) -> np.ndarray:
+        start = self._turn_start if self._turn_start is not None else end_sample
+        return self._audio.slice(start, end_sample)
+
+    async def transcribe(self, audio: np.ndarray) -> UserInput:
+        """The tokenizer's final pass over a turn's audio, on the tokenizer's thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._asr_executor, self._tokenizer.finalize, audio)
+
+    async def close(self) -> None:
+        self._queue.put_nowait(None)
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    # --- internals -------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            self._append(*item)
+            # Drain what queued up behind a slow step so the VAD thread gets one batch, not many hops.
+            while not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    self._queue.put_nowait(None)
+                    break
+                self._append(*nxt)
+            windows = self._take_windows()
+            if windows:
+                try:
+                    probs = await loop.run_in_executor(self._vad_executor, self._probabilities, windows)
+                except Exception:
+                    log.exception("VAD failed; treating the audio as silence")
+                    probs = [0.0] * len(windows)
+                end = self._audio.end - self._pending.size
+                first_end = end - (len(windows) - 1) * self._window
+                for i, prob in enumerate(probs):
+                    window_end = first_end + i * self._window
+                    event = self.segmenter.push(prob, self._arrival_of(window_end), window_end)
+                    if event is not None:
+                        self._post(event)
+            self._maybe_segment()
+
+    def _probabilities(self, windows: list[np.ndarray]) -> list[float]:
+        return [self._vad.probability(w) for w in windows]
+
+    def _arrival_of(self, sample: int) -> float:
+        for end, at_ms in self._arrivals:
+            if end >= sample:
+                return at_ms
+        return self._arrivals[-1][1]
+
+    def _append(self, samples: np.ndarray, at_ms: float) -> None:
+        self._audio.append(samples)
+        self._arrivals.append((self._audio.end, at_ms))
+        self._pending = np.concatenate([self._pending, samples])
+
+    def _take_windows(self) -> list[np.ndarray]:
+        n = self._pending.size // self._window
+        windows = [self._pending[i * self._window : (i + 1) * self._window] for i in range(n)]
+        self._pending = self._pending[n * self._window :]
+        return windows
+
+    def _maybe_segment(self) -> None:
+        # The fixed-segment pass: while the user speaks, hand the tokenizer each completed segment of the turn.
+        if self._turn_start is None or self._audio.end < self._next_segment:
+            return
+        if self._segment_task is not None and not self._segment_task.done():
+            return  # the previous pass is still running; the next one will cover this segment too
+        if not self.segmenter.speaking:
+            return  # paused: the final pass is about to run, do not compete with it for the cores
+        end = self._audio.end
+        audio = self._audio.slice(self._turn_start, end)
+        self._next_segment = end + self._segment_samples
+        loop = asyncio.get_running_loop()
+        self._segment_task = loop.run_in_executor(self._asr_executor, self._tokenizer.push_segment, audio)
+        self._segment_task.add_done_callback(self._segment_done)
+
+    def _segment_done(self, fut: asyncio.Future[str]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.warning("tokenizer segment pass failed: %s", exc)
+        elif fut.result():
+            self._post(Hypothesis(fut.result()))

@@ -1,0 +1,346 @@
+"""A conversation session: one user, one controller, whatever transport carries the audio.
+
+The session is an actor. Everything that happens to it — a VAD decision, a transcript, an LM token, a decoder
+chunk, a frame played, a tool result, a client event — is posted to its inbox and handled one at a time by
+`run()`, which feeds the controller and carries out the effects the controller returns. State therefore lives
+in one place (the controller) and changes in one task.
+
+Transports see only `push_audio`, `handle_client_event`, `playout` and `close`; they know nothing of models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from models.interfaces import GenerationOptions, UserInput, VoiceSettings
+from realtime import controller as ctl
+from realtime import events
+from realtime.config import ConfigError, SessionConfig, with_session_overrides
+from realtime.context import ContextManager
+from realtime.listener import Hypothesis, Listener, ListenerEvent, SpeechStart, SpeechStop
+from realtime.playout import Playout
+from realtime.response import AudioChunk, Finished, Response, ResponseEvent, Token, ToolRequest
+
+if TYPE_CHECKING:
+    from realtime.engine import Engine
+
+log = logging.getLogger(__name__)
+
+Input = Callable[[float], list[ctl.Effect]]
+
+
+class TransportLink(Protocol):
+    """What a session needs from the connection that carries it."""
+
+    kind: str  # "webrtc", "twilio", "sip": for logs and metrics
+    sample_rate: int  # rate the transport wants outgoing audio at
+
+    def send_event(self, event: dict[str, Any]) -> None: ...
+
+
+class Session:
+    def __init__(self, session_id: str, engine: Engine, settings: SessionConfig, link: TransportLink) -> None:
+        self.id = session_id
+        self.engine = engine
+        self.settings = settings
+        self.link = link
+        self._t0 = time.monotonic()
+        stack = engine.stack
+        self._inbox: asyncio.Queue[Input | None] = asyncio.Queue()
+        self.playout = Playout(
+            link.sample_rate,
+            engine.config.webrtc.frame_ms,
+            on_started=lambda gen_id: self._post(lambda now: self.controller.audio_started(now, gen_id)),
+            on_finished=lambda gen_id: self._post(lambda now: self.controller.audio_finished(now, gen_id)),
+        )
+        context = ContextManager(settings.instructions, settings.context_tokens, stack.lm.count_tokens)
+        self.controller = ctl.Controller(settings, context, engine.tools.specs, stack.tokenizer.normalize)
+        self.listener = Listener(
+            stack.vad, stack.tokenizer, engine.vad_executor, engine.asr_executor, self._on_listener,
+            settings.vad_threshold, settings.min_speech_ms, settings.max_turn_ms,
+        )
+        self._responses: dict[str, Response] = {}
+        self._transcriptions: dict[str, asyncio.Future[Any]] = {}  # by owning gen_id
+        self._tools: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._last_hypothesis = ""
+        self.closed = False
+        self.summary: dict[str, Any] | None = None
+        self._task = asyncio.create_task(self._run(), name=f"session-{session_id}")
+
+    # --- the transport's side ----------------------------------------------------------------------------------
+
+    def now_ms(self) -> float:
+        return (time.monotonic() - self._t0) * 1000.0
+
+    def start(self) -> None:
+        """Announce the session to the client (call once its event channel can carry it)."""
+        # The clock origin lets a client on the same host place server timestamps on its own monotonic clock.
+        self.link.send_event(events.event("session.created", session={
+            "id": self.id, **self._public_settings(), "clock": {"monotonic_origin_s": self._t0},
+        }))
+        self._warn_unsupported_voice()
+
+    def push_audio(self, samples: np.ndarray, at_ms: float | None = None) -> None:
+        """Incoming audio, already mono float32 at 16 kHz."""
+        if self.closed:
+            return
+        s = self.settings
+        # Echo guard: while the assistant talks, the VAD needs a clearer voice to count it as the user.
+        self.listener.set_threshold(s.vad_threshold + (s.vad_threshold_while_speaking if self.playout.active else 0))
+        self.listener.push(samples, self.now_ms() if at_ms is None else at_ms)
+
+    def handle_client_event(self, raw: str | bytes) -> None:
+        """A client event from the transport; malformed input gets an `error` event and changes nothing."""
+        try:
+            message = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            self.link.send_event(events.error("invalid_request_error", f"event is not valid JSON: {exc}"))
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            self.link.send_event(events.error("invalid_request_error", "an event must be an object with a 'type'"))
+            return
+        kind = message["type"]
+        event_id = message.get("event_id")
+        if kind == "session.update":
+            self._update(message.get("session"), event_id)
+        elif kind == "response.cancel":
+            self._post(lambda now: self.controller.cancel_response(now))
+        elif kind == "conversation.item.truncate":
+            self._client_truncate(message, event_id)
+        elif kind == "ping":
+            pass
+        else:
+            self.link.send_event(
+                events.error("invalid_event", f"unknown event type {kind!r}; known: {', '.join(events.CLIENT_EVENTS)}",
+                             event_id=event_id)
+            )
+
+    async def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        now = self.now_ms()
+        self._apply(self.controller.close(now))
+        for response in list(self._responses.values()):
+            await response.cancel()
+        for task in list(self._tools.values()) + list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._tools.values(), *self._background, return_exceptions=True)
+        await self.listener.close()
+        self._inbox.put_nowait(None)
+        await asyncio.gather(self._task, return_exceptions=True)
+        self.summary = {
+            "session_id": self.id, "transport": self.link.kind, "reason": reason,
+            "duration_s": round(now / 1000.0, 1), **self.controller.stats.summary(),
+        }
+        ratio = self.controller.context.audio_to_text_ratio()
+        if ratio is not None:
+            self.summary["audio_to_text_token_ratio"] = round(ratio, 2)
+        log.info("session %s closed (%s): %s", self.id, reason, json.dumps(self.summary))
+        try:
+            self.link.send_event(events.event("session.summary", summary=self.summary))
+        except Exception:  # the channel is often gone by now; the log line above has it
+            pass
+
+    # --- the actor ---------------------------------------------------------------------------------------------
+
+    def _post(self, item: Input) -> None:
+        if not self.closed:
+            self._inbox.put_nowait(item)
+
+    async def _run(self) -> None:
+        while True:
+            deadline = self.controller.next_deadline()
+            timeout = None if deadline is None else max(0.0, (deadline - self.now_ms()) / 1000.0)
+            try:
+                async with asyncio.timeout(timeout):
+                    item = await self._inbox.get()
+            except TimeoutError:
+                self._apply(self.controller.tick(self.now_ms()))
+                continue
+            if item is None:
+                return
+            try:
+                self._apply(item(self.now_ms()))
+                self._apply(self.controller.tick(self.now_ms()))
+            except Exception:
+                # A bug in one input must not end the call: report it and keep serving.
+                log.exception("session %s: input failed", self.id)
+                self.link.send_event(events.error("server_error", "internal error; the session continues"))
+
+    def _apply(self, effects: list[ctl.Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case ctl.Send(event=event):
+                    self.link.send_event(event)
+                case ctl.OpenTurn(start_sample=sample):
+                    self._last_hypothesis = ""
+                    self.listener.open_turn(sample)
+                case ctl.CloseTurn():
+                    self.listener.close_turn()
+                case ctl.Transcribe():
+                    self._transcribe(effect)
+                case ctl.Generate():
+                    self._generate(effect)
+                case ctl.ReleaseAudio(gen_id=gen_id):
+                    if gen_id in self._responses:
+                        self._responses[gen_id].release()
+                case ctl.CancelGeneration(gen_id=gen_id):
+                    self._spawn(self._cancel_generation(gen_id))
+                case ctl.StopPlayout(gen_id=gen_id):
+                    played = self.playout.stop(gen_id)
+                    self._apply(self.controller.playout_stopped(self.now_ms(), gen_id, played))
+                case ctl.RunTool(call=call):
+                    self._tools[call.id] = asyncio.create_task(self._run_tool(call), name=f"tool-{call.name}")
+                case ctl.CancelTool(call_id=call_id):
+                    task = self._tools.pop(call_id, None)
+                    if task is not None:
+                        task.cancel()
+                case ctl.Speak(gen_id=gen_id, text=text):
+                    if gen_id in self._responses:
+                        self._responses[gen_id].speak(text)
+
+    # --- effects -----------------------------------------------------------------------------------------------
+
+    def _transcribe(self, effect: ctl.Transcribe) -> None:
+        audio = self.listener.turn_audio(effect.end_sample)
+        fut = asyncio.ensure_future(self.listener.transcribe(audio))
+        if effect.gen_id is not None:
+            self._transcriptions[effect.gen_id] = fut
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if effect.gen_id is not None:
+                self._transcriptions.pop(effect.gen_id, None)
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                log.error("session %s: transcription failed: %s", self.id, exc)
+                self.link.send_event(events.error("server_error", f"transcription failed: {exc}"))
+                result = UserInput("", "", "")
+            else:
+                result = f.result()
+            self._post(lambda now: self.controller.input_ready(now, effect.input_id, result))
+
+        fut.add_done_callback(done)
+
+    def _generate(self, effect: ctl.Generate) -> None:
+        existing = self._responses.get(effect.gen_id)
+        if existing is not None:
+            existing.resume(effect.messages)
+            return
+        s = self.settings
+        tools = self.engine.tools.specs if s.tools else []
+        response = Response(
+            effect.gen_id, self.engine.stack.lm, self.engine.stack.tts, self.engine.tts_executor, self._voice(),
+            GenerationOptions(max_tokens=s.max_response_tokens, temperature=s.temperature, tools=tools),
+            self.link.sample_rate, self._on_response, self.playout.enqueue, self.playout.end,
+        )
+        if not effect.speculative:
+            response.release()
+        self._responses[effect.gen_id] = response
+        response.start(effect.messages)
+
+    async def _cancel_generation(self, gen_id: str) -> None:
+        pending: list[Any] = []
+        transcription = self._transcriptions.get(gen_id)
+        if transcription is not None:
+            pending.append(asyncio.shield(transcription))  # a tokenizer pass cannot be interrupted: wait it out
+        response = self._responses.pop(gen_id, None)
+        if response is not None:
+            pending.append(response.cancel())
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._post(lambda now: self.controller.generation_finished(now, gen_id))
+
+    async def _run_tool(self, call: Any) -> None:
+        result = await self.engine.tools.run(call)
+        self._tools.pop(call.id, None)
+        self._post(lambda now: self.controller.tool_finished(now, call.id, result))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- callbacks from the listener and the responses (they only post) -----------------------------------------
+
+    def _on_listener(self, event: ListenerEvent) -> None:
+        match event:
+            case SpeechStart(at_ms=at_ms, sample=sample):
+                self._post(lambda now: self.controller.speech_started(at_ms, sample))
+            case SpeechStop(speech_end_ms=end_ms, sample=sample):
+                self._post(lambda now: self.controller.speech_stopped(now, end_ms, sample))
+            case Hypothesis(text=text):
+                self._post(lambda now: self._hypothesis(text))
+
+    def _hypothesis(self, text: str) -> list[ctl.Effect]:
+        turn = self.controller.turn
+        if turn is None or self.controller.state not in (ctl.State.USER_SPEAKING, ctl.State.PAUSED):
+            return []
+        previous, self._last_hypothesis = self._last_hypothesis, text
+        delta = text[len(previous):] if text.startswith(previous) else text
+        return [ctl.Send(events.event("conversation.item.input_audio_transcription.delta", item_id=turn.item_id,
+                                      delta=delta, transcript=text))]
+
+    def _on_response(self, gen_id: str, event: ResponseEvent) -> None:
+        match event:
+            case Token(text=text):
+                self._post(lambda now: self.controller.lm_token(now, gen_id, text))
+            case AudioChunk(text=text, duration_ms=ms, in_context=in_context):
+                self._post(lambda now: self.controller.audio_ready(now, gen_id, text, ms, in_context))
+            case ToolRequest(call=call):
+                self._post(lambda now: self.controller.tool_requested(now, gen_id, call))
+            case Finished(error=error):
+                self._responses.pop(gen_id, None)
+                self._post(lambda now: self.controller.generation_finished(now, gen_id, error))
+
+    # --- settings ----------------------------------------------------------------------------------------------
+
+    def _update(self, overrides: Any, event_id: Any) -> None:
+        if not isinstance(overrides, dict):
+            self.link.send_event(events.error("invalid_request_error", "session.update needs a 'session' object",
+                                              event_id=event_id))
+            return
+        try:
+            settings = with_session_overrides(self.settings, overrides)
+        except ConfigError as exc:
+            self.link.send_event(events.error("invalid_request_error", str(exc), event_id=event_id))
+            return
+        self.settings = settings
+        self._post(lambda now: self.controller.update_settings(settings))
+        self.link.send_event(events.event("session.updated", session={"id": self.id, **self._public_settings()}))
+        self._warn_unsupported_voice()
+
+    def _client_truncate(self, message: dict[str, Any], event_id: Any) -> None:
+        ms = message.get("audio_end_ms")
+        if not isinstance(ms, int | float) or ms < 0:
+            self.link.send_event(events.error("invalid_request_error", "audio_end_ms must be a number >= 0",
+                                              event_id=event_id))
+            return
+        # The client stopped playing (its own barge-in detection): stop the response like a barge-in would.
+        self._post(lambda now: self.controller.cancel_response(now))
+
+    def _voice(self) -> VoiceSettings:
+        s = self.settings
+        return VoiceSettings(voice=s.voice, speed=s.speed, emotion=s.emotion, dialect=s.dialect, style=s.style)
+
+    def _warn_unsupported_voice(self) -> None:
+        unsupported = self.engine.stack.tts.unsupported(self._voice())
+        if unsupported:
+            self.link.send_event(events.event(
+                "warning", code="unsupported_voice_settings", settings=unsupported,
+                message=f"the {self.engine.stack.name} stack cannot honour: {', '.join(unsupported)}; "
+                        "they are ignored",
+            ))
+
+    def _public_settings(self) -> dict[str, Any]:
+        return {"stack": self.engine.stack.name, "settings": asdict(self.settings)}

@@ -1,0 +1,90 @@
+"""Parley server: `python server.py [--config configs/default.toml] [--host H] [--port P] [--workers N]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from realtime.config import Config, ConfigError, load_config, validate
+
+log = logging.getLogger("parley")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="server.py", description="Parley real-time voice conversation server")
+    p.add_argument("--config", default="configs/default.toml", help="TOML config (default: %(default)s)")
+    p.add_argument("--host", help="listen address (overrides [server].host)")
+    p.add_argument("--port", type=int, help="listen port (overrides [server].port)")
+    p.add_argument("--workers", type=int, help="worker processes sharing the port; 0 = one per core")
+    return p.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    config = validate(load_config(args.config))
+    server = config.server
+    changes = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
+    if changes:
+        config = dataclasses.replace(config, server=dataclasses.replace(server, **changes))
+    return config
+
+
+def serve(config: Config, worker: int, reuse_port: bool) -> None:
+    """One worker process: its own event loop (uvloop), engine and models."""
+    import uvloop
+
+    from realtime.app import create_app
+
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s [w{worker} %(process)d] %(name)s: %(message)s",
+    )
+    # aiortc/aioice log every ICE check at INFO; a voice server's log is for calls, not packets.
+    for noisy in ("aioice", "aiortc", "faster_whisper"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    app = create_app(config)
+    log.info("Parley worker %d listening on http://%s:%d (stack: %s)", worker, config.server.host,
+             config.server.port, config.models.stack)
+    web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port,
+                print=None, handle_signals=True, shutdown_timeout=5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = resolve_config(args)
+    except ConfigError as exc:
+        print(f"parley: configuration error: {exc}", file=sys.stderr)
+        return 2
+    workers = config.server.workers or os.cpu_count() or 1
+    if workers == 1:
+        serve(config, 0, reuse_port=False)
+        return 0
+    # Several processes share the port with SO_REUSEPORT; the kernel spreads new connections across them.
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=serve, args=(config, i, True), name=f"parley-w{i}") for i in range(workers)]
+    for proc in procs:
+        proc.start()
+
+    def stop(signum: int, frame: object) -> None:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for proc in procs:
+        proc.join()
+    return max((p.exitcode or 0) for p in procs)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
