@@ -8,6 +8,7 @@ Parley's in-order buffer, so reply timings measure the server and the network, n
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import wave
@@ -134,7 +135,7 @@ class Received:
     def gaps(self, t0: float, t1: float, late_ms: float = 60.0) -> tuple[int, int]:
         """(frames, late frames) between t0 and t1: a late frame arrived > late_ms after the previous one."""
         sel = [at for at in self.times if t0 <= at < t1]
-        late = sum(1 for a, b in zip(sel, sel[1:], strict=False) if (b - a) * 1000.0 > late_ms)
+        late = sum(1 for a, b in itertools.pairwise(sel) if (b - a) * 1000.0 > late_ms)
         return len(sel), late
 
 
@@ -154,6 +155,7 @@ class ParleyCall:
         self._event_cond = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._opened = asyncio.Event()
+        self._notifies: set[asyncio.Future[None]] = set()
         self.channel = self.pc.createDataChannel("events")
 
     async def connect(self, timeout: float = 20.0) -> None:
@@ -170,7 +172,9 @@ class ParleyCall:
             self.events.append((time.monotonic(), event))
             if event.get("type") == "session.created":
                 self.server_clock_origin = event["session"].get("clock", {}).get("monotonic_origin_s")
-            asyncio.ensure_future(self._notify())
+            task = asyncio.ensure_future(self._notify())
+            self._notifies.add(task)
+            task.add_done_callback(self._notifies.discard)
 
         @self.channel.on("open")
         def on_open() -> None:
@@ -219,7 +223,7 @@ class ParleyCall:
 
     async def play_and_wait(self, samples: np.ndarray, rate: int, marks: dict[str, int] | None = None) -> None:
         self.play(samples, rate, marks)
-        while not self.mic.idle:
+        while not self.mic.idle:  # noqa: ASYNC110 - the track drains on its own 20 ms clock
             await asyncio.sleep(0.01)
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:

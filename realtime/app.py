@@ -4,6 +4,7 @@
     POST /offer     {"sdp", "type": "offer", "session": {...overrides}} -> {"sdp", "type": "answer", "session_id"}
     GET  /healthz   liveness and readiness
     GET  /stats     live sessions and the last sessions' summaries
+    GET  /sessions/{id}/events   WebSocket tap of one live session's events (any transport)
     GET  /metrics   Prometheus
 """
 
@@ -100,6 +101,24 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response({"pid": os.getpid(), "live": live, "recent": list(engine.recent_summaries)})
 
 
+async def session_events(request: web.Request) -> web.StreamResponse:
+    """WebSocket event tap: every event of one live session, whatever transport carries it."""
+    engine = request.app[ENGINE]
+    session = engine.sessions.get(request.match_info["session_id"])
+    if session is None:
+        return json_error(404, "not_found", "no live session with that id in this worker")
+    ws = web.WebSocketResponse(heartbeat=20)
+    await ws.prepare(request)
+    queue = session.subscribe()
+    try:
+        while (event := await queue.get()) is not None:
+            await ws.send_json(event)
+    finally:
+        session.unsubscribe(queue)
+        await ws.close()
+    return ws
+
+
 async def prometheus(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -121,6 +140,7 @@ def create_app(config: Config, engine: Engine | None = None) -> web.Application:
     app.router.add_post("/offer", offer)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/sessions/{session_id}/events", session_events)
     app.router.add_get("/metrics", prometheus)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)

@@ -86,6 +86,9 @@ class SessionConfig:
     emotion: str = ""
     dialect: str = ""
     style: str = ""
+    # Voice cloning: a base64 mono 16-bit WAV sample (a few seconds) and its transcript.
+    clone_audio: str = ""
+    clone_text: str = ""
     # Silence (ms after the last speech frame) that starts a speculative draft.
     speculate_after_ms: int = 200
     # Silence that ends the user's turn.

@@ -72,6 +72,7 @@ class Session:
         self._tools: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._last_hypothesis = ""
+        self._observers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.closed = False
         self.summary: dict[str, Any] | None = None
         self._task = asyncio.create_task(self._run(), name=f"session-{session_id}")
@@ -84,10 +85,25 @@ class Session:
     def start(self) -> None:
         """Announce the session to the client (call once its event channel can carry it)."""
         # The clock origin lets a client on the same host place server timestamps on its own monotonic clock.
-        self.link.send_event(events.event("session.created", session={
+        self._emit_event(events.event("session.created", session={
             "id": self.id, **self._public_settings(), "clock": {"monotonic_origin_s": self._t0},
         }))
         self._warn_unsupported_voice()
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
+        """A queue receiving a copy of every event this session sends (None when it ends): the event tap."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1000)
+        self._observers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        self._observers.discard(queue)
+
+    def _emit_event(self, event: dict[str, Any]) -> None:
+        for queue in self._observers:
+            if not queue.full():  # a slow observer loses events rather than slowing the call
+                queue.put_nowait(event)
+        self.link.send_event(event)
 
     def push_audio(self, samples: np.ndarray, at_ms: float | None = None) -> None:
         """Incoming audio, already mono float32 at 16 kHz."""
@@ -103,10 +119,10 @@ class Session:
         try:
             message = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            self.link.send_event(events.error("invalid_request_error", f"event is not valid JSON: {exc}"))
+            self._emit_event(events.error("invalid_request_error", f"event is not valid JSON: {exc}"))
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            self.link.send_event(events.error("invalid_request_error", "an event must be an object with a 'type'"))
+            self._emit_event(events.error("invalid_request_error", "an event must be an object with a 'type'"))
             return
         kind = message["type"]
         event_id = message.get("event_id")
@@ -119,7 +135,7 @@ class Session:
         elif kind == "ping":
             pass
         else:
-            self.link.send_event(
+            self._emit_event(
                 events.error("invalid_event", f"unknown event type {kind!r}; known: {', '.join(events.CLIENT_EVENTS)}",
                              event_id=event_id)
             )
@@ -147,9 +163,11 @@ class Session:
             self.summary["audio_to_text_token_ratio"] = round(ratio, 2)
         log.info("session %s closed (%s): %s", self.id, reason, json.dumps(self.summary))
         try:
-            self.link.send_event(events.event("session.summary", summary=self.summary))
+            self._emit_event(events.event("session.summary", summary=self.summary))
         except Exception:  # the channel is often gone by now; the log line above has it
             pass
+        for queue in self._observers:
+            queue.put_nowait(None)
 
     # --- the actor ---------------------------------------------------------------------------------------------
 
@@ -175,13 +193,13 @@ class Session:
             except Exception:
                 # A bug in one input must not end the call: report it and keep serving.
                 log.exception("session %s: input failed", self.id)
-                self.link.send_event(events.error("server_error", "internal error; the session continues"))
+                self._emit_event(events.error("server_error", "internal error; the session continues"))
 
     def _apply(self, effects: list[ctl.Effect]) -> None:
         for effect in effects:
             match effect:
                 case ctl.Send(event=event):
-                    self.link.send_event(event)
+                    self._emit_event(event)
                 case ctl.OpenTurn(start_sample=sample):
                     self._last_hypothesis = ""
                     self.listener.open_turn(sample)
@@ -225,7 +243,7 @@ class Session:
             exc = f.exception()
             if exc is not None:
                 log.error("session %s: transcription failed: %s", self.id, exc)
-                self.link.send_event(events.error("server_error", f"transcription failed: {exc}"))
+                self._emit_event(events.error("server_error", f"transcription failed: {exc}"))
                 result = UserInput("", "", "")
             else:
                 result = f.result()
@@ -307,23 +325,23 @@ class Session:
 
     def _update(self, overrides: Any, event_id: Any) -> None:
         if not isinstance(overrides, dict):
-            self.link.send_event(events.error("invalid_request_error", "session.update needs a 'session' object",
+            self._emit_event(events.error("invalid_request_error", "session.update needs a 'session' object",
                                               event_id=event_id))
             return
         try:
             settings = with_session_overrides(self.settings, overrides)
         except ConfigError as exc:
-            self.link.send_event(events.error("invalid_request_error", str(exc), event_id=event_id))
+            self._emit_event(events.error("invalid_request_error", str(exc), event_id=event_id))
             return
         self.settings = settings
         self._post(lambda now: self.controller.update_settings(settings))
-        self.link.send_event(events.event("session.updated", session={"id": self.id, **self._public_settings()}))
+        self._emit_event(events.event("session.updated", session={"id": self.id, **self._public_settings()}))
         self._warn_unsupported_voice()
 
     def _client_truncate(self, message: dict[str, Any], event_id: Any) -> None:
         ms = message.get("audio_end_ms")
         if not isinstance(ms, int | float) or ms < 0:
-            self.link.send_event(events.error("invalid_request_error", "audio_end_ms must be a number >= 0",
+            self._emit_event(events.error("invalid_request_error", "audio_end_ms must be a number >= 0",
                                               event_id=event_id))
             return
         # The client stopped playing (its own barge-in detection): stop the response like a barge-in would.
@@ -331,12 +349,14 @@ class Session:
 
     def _voice(self) -> VoiceSettings:
         s = self.settings
-        return VoiceSettings(voice=s.voice, speed=s.speed, emotion=s.emotion, dialect=s.dialect, style=s.style)
+        clone = decode_wav_b64(s.clone_audio) if s.clone_audio else None
+        return VoiceSettings(voice=s.voice, speed=s.speed, emotion=s.emotion, dialect=s.dialect, style=s.style,
+                             clone_audio=clone, clone_text=s.clone_text)
 
     def _warn_unsupported_voice(self) -> None:
         unsupported = self.engine.stack.tts.unsupported(self._voice())
         if unsupported:
-            self.link.send_event(events.event(
+            self._emit_event(events.event(
                 "warning", code="unsupported_voice_settings", settings=unsupported,
                 message=f"the {self.engine.stack.name} stack cannot honour: {', '.join(unsupported)}; "
                         "they are ignored",
@@ -344,3 +364,22 @@ class Session:
 
     def _public_settings(self) -> dict[str, Any]:
         return {"stack": self.engine.stack.name, "settings": asdict(self.settings)}
+
+
+def decode_wav_b64(data: str) -> np.ndarray:
+    """A base64 mono 16-bit WAV (a voice-cloning sample) as float32 at 16 kHz."""
+    import base64
+    import io
+    import wave
+
+    from realtime.audio import ENGINE_RATE, Resampler
+
+    with wave.open(io.BytesIO(base64.b64decode(data, validate=True)), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise ValueError("the cloning sample must be 16-bit PCM WAV")
+        pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+        if w.getnchannels() > 1:
+            pcm = pcm.reshape(-1, w.getnchannels()).mean(axis=1).astype(np.int16)
+        rate = w.getframerate()
+    resampler = Resampler(rate, ENGINE_RATE)
+    return np.concatenate([resampler.process(pcm), resampler.process(np.zeros(rate // 10, np.int16))])

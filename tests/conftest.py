@@ -53,7 +53,8 @@ def run_server(tmp_path: Path, config: str = "", name: str = "server", ready_tim
         deadline = time.monotonic() + ready_timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {(tmp_path / f'{name}.log').read_text()[-3000:]}")
+                tail = (tmp_path / f"{name}.log").read_text()[-3000:]
+                raise RuntimeError(f"server exited with {proc.returncode}: {tail}")
             with contextlib.suppress(OSError, ValueError):
                 if healthz(url)["status"] == "ok":
                     break

@@ -57,7 +57,7 @@ class ParleyIceConnection(aioice.ice.Connection):
     """aioice's Connection with a port range for host sockets and a 1:1-NAT public address."""
 
     async def get_component_candidates(
-        self, component: int, addresses: list[str], timeout: int = 5  # noqa: ASYNC109 - aioice's signature
+        self, component: int, addresses: list[str], timeout: int = 5
     ) -> list[Candidate]:
         if not (_settings.port_min and _settings.port_max):
             candidates = await super().get_component_candidates(component, addresses, timeout)
@@ -66,7 +66,7 @@ class ParleyIceConnection(aioice.ice.Connection):
         return candidates + self._nat_candidates(candidates)
 
     async def _ranged_candidates(
-        self, component: int, addresses: list[str], timeout: int  # noqa: ASYNC109 - passed on to aioice
+        self, component: int, addresses: list[str], timeout: int
     ) -> list[Candidate]:
         loop = asyncio.get_running_loop()
         candidates: list[Candidate] = []
