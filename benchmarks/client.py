@@ -199,6 +199,7 @@ class ParleyCall:
             while True:
                 frame = await track.recv()
                 now = time.monotonic()
+                assert isinstance(frame, AudioFrame)
                 pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0].astype(np.float32) / 32768.0
                 level = 20.0 * np.log10(max(float(np.sqrt(np.mean(pcm * pcm))), 1e-6))
                 self.received.times.append(now)
