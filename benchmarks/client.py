@@ -25,6 +25,8 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from realtime.audio import Resampler, to_int16
+from realtime.config import IceConfig
+from realtime.transports import ice
 from realtime.transports.aiortc_tuning import tune_receiver
 
 RATE = 48000
@@ -143,6 +145,8 @@ class ParleyCall:
     """One call to a Parley server over WebRTC (loopback)."""
 
     def __init__(self, url: str, session: dict[str, Any] | None = None, keep_audio: bool = True) -> None:
+        # aioice leaves loopback out of host candidates: in a loopback-only namespace a caller would have none.
+        ice.install(IceConfig())
         self.url = url.rstrip("/")
         self.overrides = session or {}
         self.keep_audio = keep_audio

@@ -408,7 +408,7 @@ class Controller:
         )
         return self._flush()
 
-    def update_settings(self, settings: SessionConfig) -> list[Effect]:
+    def update_settings(self, now: float, settings: SessionConfig) -> list[Effect]:
         self.settings = settings
         self.context.instructions = settings.instructions
         self.context.budget_tokens = settings.context_tokens

@@ -334,7 +334,7 @@ class Session:
             self._emit_event(events.error("invalid_request_error", str(exc), event_id=event_id))
             return
         self.settings = settings
-        self._post(lambda now: self.controller.update_settings(settings))
+        self._post(lambda now: self.controller.update_settings(now, settings))
         self._emit_event(events.event("session.updated", session={"id": self.id, **self._public_settings()}))
         self._warn_unsupported_voice()
 
