@@ -126,6 +126,9 @@ class EmbeddedStackConfig:
     lm_threads: int = 2
     lm_context: int = 2048
     tts_threads: int = 1
+    # Show tool results to the LM as a short user note instead of the chat template's tool-response turn: small
+    # models then say the answer instead of echoing JSON (see models/embedded/llama.py).
+    tool_results_as_text: bool = True
     # Where setup assembled the models; empty = $PARLEY_MODELS or ~/.cache/parley/models.
     model_dir: str = ""
 

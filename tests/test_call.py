@@ -82,7 +82,7 @@ async def test_human_read_speech_is_transcribed_and_events_come_in_order(embedde
 
 
 async def test_two_turns_keep_context_and_session_update_applies(embedded_server: str) -> None:
-    call = ParleyCall(embedded_server, session=GREEDY)
+    call = ParleyCall(embedded_server, session={**GREEDY, "tools": False})
     await call.connect()
     try:
         call.send({"type": "session.update", "session": {"end_of_turn_ms": 600, "speed": 1.2}})
@@ -101,6 +101,22 @@ async def test_two_turns_keep_context_and_session_update_applies(embedded_server
         await call.close()
 
 
+async def test_the_lm_calls_a_tool_and_speaks_its_result(embedded_server: str) -> None:
+    call = ParleyCall(embedded_server, session=GREEDY)
+    await call.connect()
+    try:
+        audio, rate = speak("What is seventeen times twenty three?")
+        _, done = await one_turn(call, audio, rate)
+        started = call.of_type("response.function_call.started")
+        completed = call.of_type("response.function_call.completed")
+        assert started and started[0]["name"] == "calculate", [e["type"] for _, e in call.events]
+        assert '"result": 391' in completed[0]["output"]
+        assert "391" in done["response"]["output_text"].replace(",", ""), done["response"]["output_text"]
+        assert "{" not in done["response"]["output_text"], "tool-call JSON must never be spoken"
+    finally:
+        await call.close()
+
+
 async def test_receive_only_offer_still_gets_reply_audio_track(embedded_server: str) -> None:
     """A caller without a microphone (listen-only) still gets the outgoing track on the same connection."""
     import aiohttp
@@ -115,6 +131,7 @@ async def test_receive_only_offer_still_gets_reply_audio_track(embedded_server: 
     pc.createDataChannel("events")
     got_track = asyncio.Event()
     frames = []
+    readers = []
 
     @pc.on("track")
     def on_track(track):  # type: ignore[no-untyped-def]
@@ -123,7 +140,7 @@ async def test_receive_only_offer_still_gets_reply_audio_track(embedded_server: 
                 frames.append(await track.recv())
             got_track.set()
 
-        asyncio.ensure_future(read())
+        readers.append(asyncio.ensure_future(read()))
 
     await pc.setLocalDescription(await pc.createOffer())
     async with aiohttp.ClientSession() as http:

@@ -18,7 +18,8 @@ def load(config: Config) -> ModelStack:
     root = emb.model_dir
     vad = SileroVad(model_path("silero-vad", root) / "silero_vad.onnx")
     asr = WhisperTokenizer(model_path(emb.asr, root), emb.asr_segment_ms, emb.asr_threads, emb.language)
-    lm = LlamaLM(model_path(emb.lm, root) / "model.gguf", emb.lm, emb.lm_context, emb.lm_threads)
+    lm = LlamaLM(model_path(emb.lm, root) / "model.gguf", emb.lm, emb.lm_context, emb.lm_threads,
+                 emb.tool_results_as_text)
     tts = HibariTTS(emb.tts_threads)
     return ModelStack(
         name="embedded", vad=vad, tokenizer=asr, lm=lm, tts=tts,
