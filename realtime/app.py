@@ -86,6 +86,9 @@ async def healthz(request: web.Request) -> web.Response:
         "stack": engine.stack.name if engine.ready else engine.config.models.stack,
         "sessions": len(engine.sessions),
         "max_sessions": engine.config.server.max_sessions,
+        # Leak indicators: both return to their idle values when calls end, however they end.
+        "peer_connections": len(request.app[CALLS]),
+        "tasks": len(asyncio.all_tasks()),
         "load_seconds": engine.load_seconds,
         "uptime_s": round(time.time() - engine.started_at, 1),
         "event_loop_lag_max_ms": round(probe.max_ms, 2),
