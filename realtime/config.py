@@ -215,7 +215,7 @@ T = TypeVar("T")
 
 
 def load_config(path: str | Path | None) -> Config:
-    """Read and validate a TOML config; None gives the built-in defaults (the embedded stack)."""
+    """Read and validate a TOML config (errors name the file and the key); None gives the built-in defaults."""
     if path is None:
         return Config()
     path = Path(path)
@@ -226,7 +226,7 @@ def load_config(path: str | Path | None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
-        return build(Config, raw, "")
+        return validate(build(Config, raw, ""))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
