@@ -22,7 +22,7 @@ import numpy as np
 
 from models.interfaces import GenerationOptions, UserInput, VoiceSettings
 from realtime import controller as ctl
-from realtime import events
+from realtime import events, metrics
 from realtime.config import ConfigError, SessionConfig, with_session_overrides
 from realtime.context import ContextManager
 from realtime.listener import Hypothesis, Listener, ListenerEvent, SpeechStart, SpeechStop
@@ -100,6 +100,8 @@ class Session:
         self._observers.discard(queue)
 
     def _emit_event(self, event: dict[str, Any]) -> None:
+        if event["type"] == "response.done":
+            metrics.observe_response(event["response"].get("metrics", {}))
         for queue in self._observers:
             if not queue.full():  # a slow observer loses events rather than slowing the call
                 queue.put_nowait(event)
