@@ -88,6 +88,8 @@ def test_playout_counts_what_was_played_and_fills_gaps_with_silence() -> None:
     assert p.played_ms("g1") == pytest.approx(40)
     assert p.stop("g1") == pytest.approx(40)
     assert not p.next_frame().any(), "stopped audio never plays"
+    p.enqueue("g1", np.ones(960, np.float32))  # a chunk the cancelled decoder finished after the stop
+    assert not p.next_frame().any(), "nor does audio that arrives after the stop"
     p.enqueue("g2", np.ones(1000, np.float32))
     p.end("g2")
     p.next_frame()
