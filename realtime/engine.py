@@ -21,7 +21,7 @@ from models.registry import load_stack
 from models.threaded import stage_executor
 from realtime import metrics
 from realtime.config import Config, SessionConfig, with_session_overrides
-from realtime.session import Session, TransportLink
+from realtime.session import Session, TransportLink, voice_settings
 from realtime.tools import ToolRegistry, default_tools
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,9 @@ class Engine:
 
     def session_settings(self, overrides: dict[str, Any] | None, where: str = "session") -> SessionConfig:
         """The config's [session] with a client's overrides; raises ConfigError naming a bad key."""
-        return with_session_overrides(self.config.session, overrides or {}, where)
+        settings = with_session_overrides(self.config.session, overrides or {}, where)
+        voice_settings(settings)  # a bad cloning sample is refused here, not at the first reply
+        return settings
 
     def open_session(self, link: TransportLink, settings: SessionConfig) -> Session:
         if not self.ready:

@@ -11,9 +11,12 @@ Transports see only `push_audio`, `handle_client_event`, `playout` and `close`; 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import logging
 import time
+import wave
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Protocol
@@ -73,6 +76,7 @@ class Session:
         self._background: set[asyncio.Task[Any]] = set()
         self._last_hypothesis = ""
         self._observers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.voice = voice_settings(settings)
         self.closed = False
         self.summary: dict[str, Any] | None = None
         self._task = asyncio.create_task(self._run(), name=f"session-{session_id}")
@@ -261,7 +265,7 @@ class Session:
         s = self.settings
         tools = self.engine.tools.specs if s.tools else []
         response = Response(
-            effect.gen_id, self.engine.stack.lm, self.engine.stack.tts, self.engine.tts_executor, self._voice(),
+            effect.gen_id, self.engine.stack.lm, self.engine.stack.tts, self.engine.tts_executor, self.voice,
             GenerationOptions(max_tokens=s.max_response_tokens, temperature=s.temperature, tools=tools),
             self.link.sample_rate, self._on_response, self.playout.enqueue, self.playout.end,
         )
@@ -332,10 +336,12 @@ class Session:
             return
         try:
             settings = with_session_overrides(self.settings, overrides)
+            voice = voice_settings(settings)
         except ConfigError as exc:
             self._emit_event(events.error("invalid_request_error", str(exc), event_id=event_id))
             return
         self.settings = settings
+        self.voice = voice
         self._post(lambda now: self.controller.update_settings(now, settings))
         self._emit_event(events.event("session.updated", session={"id": self.id, **self._public_settings()}))
         self._warn_unsupported_voice()
@@ -349,14 +355,8 @@ class Session:
         # The client stopped playing (its own barge-in detection): stop the response like a barge-in would.
         self._post(lambda now: self.controller.cancel_response(now))
 
-    def _voice(self) -> VoiceSettings:
-        s = self.settings
-        clone = decode_wav_b64(s.clone_audio) if s.clone_audio else None
-        return VoiceSettings(voice=s.voice, speed=s.speed, emotion=s.emotion, dialect=s.dialect, style=s.style,
-                             clone_audio=clone, clone_text=s.clone_text)
-
     def _warn_unsupported_voice(self) -> None:
-        unsupported = self.engine.stack.tts.unsupported(self._voice())
+        unsupported = self.engine.stack.tts.unsupported(self.voice)
         if unsupported:
             self._emit_event(events.event(
                 "warning", code="unsupported_voice_settings", settings=unsupported,
@@ -368,12 +368,20 @@ class Session:
         return {"stack": self.engine.stack.name, "settings": asdict(self.settings)}
 
 
+def voice_settings(s: SessionConfig) -> VoiceSettings:
+    """The voice a session asked for; raises ConfigError for a cloning sample that is not a WAV."""
+    clone = None
+    if s.clone_audio:
+        try:
+            clone = decode_wav_b64(s.clone_audio)
+        except (ValueError, EOFError, wave.Error) as exc:
+            raise ConfigError(f"[session].clone_audio must be a base64 mono 16-bit WAV: {exc}") from None
+    return VoiceSettings(voice=s.voice, speed=s.speed, emotion=s.emotion, dialect=s.dialect, style=s.style,
+                         clone_audio=clone, clone_text=s.clone_text)
+
+
 def decode_wav_b64(data: str) -> np.ndarray:
     """A base64 mono 16-bit WAV (a voice-cloning sample) as float32 at 16 kHz."""
-    import base64
-    import io
-    import wave
-
     from realtime.audio import ENGINE_RATE, Resampler
 
     with wave.open(io.BytesIO(base64.b64decode(data, validate=True)), "rb") as w:
