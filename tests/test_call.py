@@ -47,6 +47,9 @@ async def test_spoken_question_gets_a_relevant_spoken_answer(embedded_server: st
         # The reply came back as audio on the same connection: speech energy, starting after the question ended.
         onset = call.received.onset_after(end)
         assert onset is not None and reply_speech_ms(call, end) > 500
+        # Audio flowed every 20 ms throughout, models running or not (generous bound for a shared 2-core box).
+        frames, late = call.received.gaps(call.received.times[0], call.received.times[-1], late_ms=100)
+        assert frames > 100 and late <= frames * 0.02, (frames, late)
         metrics = response["metrics"]
         for key in ("speech_end_ms", "lm_first_token_ms", "first_audio_out_ms"):
             assert isinstance(metrics[key], float), key
