@@ -105,6 +105,10 @@ class Session:
                 queue.put_nowait(event)
         self.link.send_event(event)
 
+    def notify(self, event: dict[str, Any]) -> None:
+        """An event the transport observed (a DTMF key press), sent and tapped like the session's own."""
+        self._emit_event(event)
+
     def push_audio(self, samples: np.ndarray, at_ms: float | None = None) -> None:
         """Incoming audio, already mono float32 at 16 kHz."""
         if self.closed:
@@ -216,6 +220,10 @@ class Session:
                     self._spawn(self._cancel_generation(gen_id))
                 case ctl.StopPlayout(gen_id=gen_id):
                     played = self.playout.stop(gen_id)
+                    # A far end that buffers (Twilio) has not played everything handed out yet; its link knows how much.
+                    unheard = getattr(self.link, "unheard_ms", None)
+                    if unheard is not None:
+                        played = max(0.0, played - unheard())
                     self._apply(self.controller.playout_stopped(self.now_ms(), gen_id, played))
                 case ctl.RunTool(call=call):
                     self._tools[call.id] = asyncio.create_task(self._run_tool(call), name=f"tool-{call.name}")
