@@ -91,7 +91,10 @@ def directory(app: web.Application) -> dict[str, Session]:
             if session is None:
                 return web.json_response({"error": {"type": "not_found", "message": "no live call with that id"}},
                                          status=404)
-            return web.json_response({"session_id": session.id, "transport": session.link.kind})
+            # The session clock's origin on this host's monotonic clock, as session.created announces it.
+            origin = time.monotonic() - session.now_ms() / 1000.0
+            return web.json_response({"session_id": session.id, "transport": session.link.kind,
+                                      "clock": {"monotonic_origin_s": origin}})
 
         app.router.add_get(CALL_ROUTE, lookup)
     return app[_DIRECTORY]
