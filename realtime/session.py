@@ -68,6 +68,7 @@ class Session:
             settings.vad_threshold, settings.min_speech_ms, settings.max_turn_ms,
         )
         self._responses: dict[str, Response] = {}
+        self._released: set[str] = set()  # gen_ids whose audio may play (committed drafts, plain responses)
         self._transcriptions: dict[str, asyncio.Future[Any]] = {}  # by owning gen_id
         self._tools: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -214,8 +215,12 @@ class Session:
                 case ctl.Generate():
                     self._generate(effect)
                 case ctl.ReleaseAudio(gen_id=gen_id):
-                    if gen_id in self._responses:
-                        self._responses[gen_id].release()
+                    self._released.add(gen_id)
+                    response = self._responses.get(gen_id)
+                    if response is not None:
+                        response.release()
+                        if response.task is not None and response.task.done():
+                            self._forget(gen_id)
                 case ctl.CancelGeneration(gen_id=gen_id):
                     self._spawn(self._cancel_generation(gen_id))
                 case ctl.StopPlayout(gen_id=gen_id):
@@ -272,6 +277,7 @@ class Session:
             self.link.sample_rate, self._on_response, self.playout.enqueue, self.playout.end,
         )
         if not effect.speculative:
+            self._released.add(effect.gen_id)
             response.release()
         self._responses[effect.gen_id] = response
         response.start(effect.messages)
@@ -282,6 +288,7 @@ class Session:
         if transcription is not None:
             pending.append(asyncio.shield(transcription))  # a tokenizer pass cannot be interrupted: wait it out
         response = self._responses.pop(gen_id, None)
+        self._released.discard(gen_id)
         if response is not None:
             pending.append(response.cancel())
         await asyncio.gather(*pending, return_exceptions=True)
@@ -291,6 +298,10 @@ class Session:
         result = await self.engine.tools.run(call)
         self._tools.pop(call.id, None)
         self._post(lambda now: self.controller.tool_finished(now, call.id, result))
+
+    def _forget(self, gen_id: str) -> None:
+        self._responses.pop(gen_id, None)
+        self._released.discard(gen_id)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -326,7 +337,9 @@ class Session:
             case ToolRequest(call=call):
                 self._post(lambda now: self.controller.tool_requested(now, gen_id, call))
             case Finished(error=error):
-                self._responses.pop(gen_id, None)
+                # A draft that finished before its commit still holds its audio: keep it until released.
+                if gen_id in self._released:
+                    self._forget(gen_id)
                 self._post(lambda now: self.controller.generation_finished(now, gen_id, error))
 
     # --- settings ----------------------------------------------------------------------------------------------
