@@ -30,39 +30,45 @@ def to_8k(samples: np.ndarray, rate: int) -> np.ndarray:
 
 
 def rtp_packets(speech8k: np.ndarray, codec: g711.Codec, digits: str = "", lead_ms: int = 200,
-                tail_ms: int = 1000, digit_gap_ms: int = 300) -> list[tuple[float, bytes]]:
-    """(send time in s, RTP packet): silence, the speech, silence, then each digit as a 100 ms key press.
+                after_ms: int = 1000, digit_gap_ms: int = 300, tail_ms: int = 1000) -> list[tuple[float, bytes]]:
+    """(send time in s, RTP packet): silence, the speech, silence, each digit as a 100 ms key press, silence.
 
-    Audio and telephone events share one SSRC, sequence and clock, as RFC 4733 §2.1 has them.
+    Audio and telephone events share one SSRC, sequence and clock, as RFC 4733 §2.1 has them. A phone sends
+    RTP for as long as the call lasts, so a long `tail_ms` keeps the line alive while a test waits.
     """
-    audio = np.concatenate([np.zeros(g711.RATE * lead_ms // 1000, np.float32), speech8k,
-                            np.zeros(g711.RATE * tail_ms // 1000, np.float32)])
-    audio = np.concatenate([audio, np.zeros(-audio.size % FRAME, np.float32)])
     ssrc, pt = 0x5A17E57, g711.STATIC_PAYLOAD_TYPES[codec]
     out: list[tuple[float, bytes]] = []
+    clock = {"t": 0.0, "ts": 0}
 
-    def packet(t: float, payload_type: int, timestamp: int, payload: bytes, marker: bool = False) -> None:
+    def packet(payload_type: int, payload: bytes, marker: bool = False) -> None:
         header = rtp.HEADER.pack(0x80, (0x80 if marker else 0) | payload_type, (1000 + len(out)) & 0xFFFF,
-                                 timestamp & 0xFFFFFFFF, ssrc)
-        out.append((t, header + payload))
+                                 clock["ts"] & 0xFFFFFFFF, ssrc)
+        out.append((clock["t"], header + payload))
 
-    t, timestamp = 0.0, 0
-    for i in range(0, audio.size, FRAME):
-        packet(t, pt, timestamp, g711.encode(audio[i : i + FRAME], codec))
-        t, timestamp = t + 0.02, timestamp + FRAME
+    def audio(samples: np.ndarray) -> None:
+        samples = np.concatenate([samples, np.zeros(-samples.size % FRAME, np.float32)])
+        for i in range(0, samples.size, FRAME):
+            packet(pt, g711.encode(samples[i : i + FRAME], codec))
+            clock["t"] += 0.02
+            clock["ts"] += FRAME
+
+    def silence(ms: int) -> None:
+        audio(np.zeros(g711.RATE * ms // 1000, np.float32))
+
+    silence(lead_ms)
+    audio(speech8k)
+    silence(after_ms)
     for digit in digits:
         code = rtp.DTMF_EVENTS.index(digit)
         for n in range(1, 6):  # 5 packets = 100 ms; the end packet is sent three times
             end = n == 5
             payload = struct.pack("!BBH", code, (0x80 if end else 0) | 10, n * FRAME)
             for _ in range(3 if end else 1):
-                packet(t, DTMF_PT, timestamp, payload, marker=n == 1)
-            t += 0.02
-        timestamp += 5 * FRAME
-        gap = int(digit_gap_ms / 20)
-        for _ in range(gap):  # silence between presses keeps the audio clock running
-            packet(t, pt, timestamp, g711.encode(np.zeros(FRAME, np.float32), codec))
-            t, timestamp = t + 0.02, timestamp + FRAME
+                packet(DTMF_PT, payload, marker=n == 1)
+            clock["t"] += 0.02
+        clock["ts"] += 5 * FRAME
+        silence(digit_gap_ms)
+    silence(tail_ms)
     return out
 
 
