@@ -29,6 +29,12 @@ def to_8k(samples: np.ndarray, rate: int) -> np.ndarray:
     return out[: samples.size * g711.RATE // rate]
 
 
+@dataclass
+class _Clock:
+    t: float = 0.0  # send time, s
+    ts: int = 0  # RTP timestamp, samples
+
+
 def rtp_packets(speech8k: np.ndarray, codec: g711.Codec, digits: str = "", lead_ms: int = 200,
                 after_ms: int = 1000, digit_gap_ms: int = 300, tail_ms: int = 1000) -> list[tuple[float, bytes]]:
     """(send time in s, RTP packet): silence, the speech, silence, each digit as a 100 ms key press, silence.
@@ -38,19 +44,19 @@ def rtp_packets(speech8k: np.ndarray, codec: g711.Codec, digits: str = "", lead_
     """
     ssrc, pt = 0x5A17E57, g711.STATIC_PAYLOAD_TYPES[codec]
     out: list[tuple[float, bytes]] = []
-    clock = {"t": 0.0, "ts": 0}
+    clock = _Clock()
 
     def packet(payload_type: int, payload: bytes, marker: bool = False) -> None:
         header = rtp.HEADER.pack(0x80, (0x80 if marker else 0) | payload_type, (1000 + len(out)) & 0xFFFF,
-                                 clock["ts"] & 0xFFFFFFFF, ssrc)
-        out.append((clock["t"], header + payload))
+                                 clock.ts & 0xFFFFFFFF, ssrc)
+        out.append((clock.t, header + payload))
 
     def audio(samples: np.ndarray) -> None:
         samples = np.concatenate([samples, np.zeros(-samples.size % FRAME, np.float32)])
         for i in range(0, samples.size, FRAME):
             packet(pt, g711.encode(samples[i : i + FRAME], codec))
-            clock["t"] += 0.02
-            clock["ts"] += FRAME
+            clock.t += 0.02
+            clock.ts += FRAME
 
     def silence(ms: int) -> None:
         audio(np.zeros(g711.RATE * ms // 1000, np.float32))
@@ -65,8 +71,8 @@ def rtp_packets(speech8k: np.ndarray, codec: g711.Codec, digits: str = "", lead_
             payload = struct.pack("!BBH", code, (0x80 if end else 0) | 10, n * FRAME)
             for _ in range(3 if end else 1):
                 packet(DTMF_PT, payload, marker=n == 1)
-            clock["t"] += 0.02
-        clock["ts"] += 5 * FRAME
+            clock.t += 0.02
+        clock.ts += 5 * FRAME
         silence(digit_gap_ms)
     silence(tail_ms)
     return out

@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import numpy as np
 import pytest
 
 from benchmarks import sipp_media
-from realtime.transports import g711, rtp
+from realtime.transports import g711, rtp, sdp
 from tests.conftest import healthz, run_server, speak, words
 
-pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="needs SIPp (Debian package sip-tester)")
+needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="needs SIPp (Debian package sip-tester)")
 
 SCENARIO = Path(__file__).parent / "sip" / "call.xml"
 NUMBER = "15550100"
@@ -202,6 +203,7 @@ async def sessions_drop_to_zero(url: str, timeout: float = 10.0) -> None:
 # --- calls ---------------------------------------------------------------------------------------------------
 
 
+@needs_sipp
 @pytest.mark.models
 @pytest.mark.slow
 @pytest.mark.timeout(240)
@@ -234,6 +236,7 @@ async def test_sipp_call_holds_a_turn_with_dtmf(embedded: SipServer, tmp_path: P
     await sessions_drop_to_zero(embedded.url)
 
 
+@needs_sipp
 @pytest.mark.timeout(120)
 async def test_pcma_call_ignores_rtp_from_an_unknown_source(echo: SipServer, tmp_path: Path) -> None:
     speech, rate = speak("Hello, is anybody there?")
@@ -417,3 +420,49 @@ async def test_busy_at_capacity_and_hang_up_when_media_stops(echo: SipServer) ->
         first.close()
         second.close()
     await sessions_drop_to_zero(echo.url)
+
+
+# --- the codec and protocol pieces on their own ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("codec", "libav"), [("PCMU", "pcm_mulaw"), ("PCMA", "pcm_alaw")])
+def test_g711_matches_libavcodec(codec: g711.Codec, libav: str) -> None:
+    """What the caller hears is what any G.711 phone would decode, within one quantization step."""
+    decoder = av.CodecContext.create(libav, "r")
+    decoder.sample_rate, decoder.layout = 8000, "mono"
+    reference = np.concatenate([f.to_ndarray().reshape(-1) for f in decoder.decode(av.Packet(bytes(range(256))))])
+    assert np.array_equal(g711.decode(bytes(range(256)), codec), reference)
+    pcm = np.arange(-32768, 32768, 3).astype(np.int16)
+    roundtrip = g711.decode(g711.encode(pcm, codec), codec).astype(np.int32)
+    step = np.abs(np.diff(np.unique(reference.astype(np.int32))))
+    assert np.max(np.abs(roundtrip - pcm)) <= step.max()  # never more than the widest quantization step
+    tone = 0.3 * np.sin(2 * np.pi * 1000 * np.arange(8000) / 8000)  # a speech-level tone: G.711's ~38 dB SNR
+    decoded = g711.decode(g711.encode(tone.astype(np.float32), codec), codec) / 32767.0
+    snr = 10 * np.log10(np.sum(tone**2) / np.sum((decoded - tone) ** 2))
+    assert snr > 33, snr
+    assert g711.encode(np.zeros(160, np.float32), codec) == bytes([g711.SILENCE_BYTE[codec]]) * 160
+
+
+def test_sdp_answer_follows_the_callers_preference_and_refuses_the_rest() -> None:
+    offer = ("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+             "m=audio 4000 RTP/AVP 18 8 0 96\r\na=rtpmap:18 G729/8000\r\na=rtpmap:96 telephone-event/8000\r\n"
+             "m=video 4002 RTP/AVP 97\r\na=rtpmap:97 H264/90000\r\n")
+    negotiated = sdp.negotiate(sdp.parse(offer), ["PCMU", "PCMA"])
+    assert (negotiated.codec, negotiated.payload_type, negotiated.dtmf_payload_type) == ("PCMA", 8, 96)
+    assert negotiated.remote == ("192.0.2.1", 4000)
+    answer = sdp.answer(negotiated, "198.51.100.7", 20000, 1)
+    assert "m=audio 20000 RTP/AVP 8 96\r\n" in answer and "m=video 0 RTP/AVP 97\r\n" in answer
+    with pytest.raises(sdp.NotAcceptable, match="no allowed codec"):
+        sdp.negotiate(sdp.parse(offer.replace(" 8 0 96", " 96")), ["PCMU", "PCMA"])
+
+
+def test_one_key_press_is_one_digit_even_with_retransmitted_ends() -> None:
+    receiver = rtp.DtmfReceiver()
+    digits = []
+    for timestamp, event in ((1000, 5), (2000, 11)):
+        for n in range(1, 6):
+            flags = 0x80 if n == 5 else 0
+            for _ in range(3 if n == 5 else 1):
+                packet = rtp.RtpPacket(101, n, timestamp, 1, n == 1, bytes([event, flags | 10, 0, n * 160 % 256]))
+                digits += receiver.push(packet)
+    assert [d.digit for d in digits] == ["5", "#"]

@@ -123,9 +123,12 @@ def negotiate(offer: Offer, allowed: list[str], ipv6: bool = False) -> Negotiate
         raise SdpError("no c= connection address for the audio stream")
     if (ipaddress.ip_address(address).version == 6) != ipv6:
         raise NotAcceptable(f"media address {address} is not of the family Parley's RTP socket uses")
+    direction = m.direction
+    if ipaddress.ip_address(address).is_unspecified:
+        direction = "inactive"  # c=0.0.0.0: the RFC 2543 way of putting a call on hold
     dtmf = next((p for p, (name, rate) in m.rtpmap.items() if name == "TELEPHONE-EVENT" and rate == RATE), None)
     offered = tuple((o.kind, o.proto, o.formats[0] if o.formats else "0") for o in offer.media)
-    return Negotiated(codec, pt, dtmf, (address, m.port), m.direction, index, len(offer.media), offered)
+    return Negotiated(codec, pt, dtmf, (address, m.port), direction, index, len(offer.media), offered)
 
 
 def answer(n: Negotiated, address: str, port: int, session_id: int, version: int = 1) -> str:

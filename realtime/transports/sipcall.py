@@ -184,6 +184,14 @@ class SipCall:
     # --- outgoing --------------------------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
+        try:
+            await self._send_frames()
+        except Exception:
+            # A silent call is worse than a dropped one: the caller would wait for a reply that never comes.
+            log.exception("sip call %s: sending failed", self.call_id)
+            self._spawn(self.close("internal_error"))
+
+    async def _send_frames(self) -> None:
         assert self.session is not None
         playout = self.session.playout
         talking = False

@@ -260,6 +260,10 @@ class TwilioCall:
                     await self._send_mark()
         except ConnectionError:
             self._spawn(self.close("connection_lost"))
+        except Exception:
+            # A silent call is worse than a dropped one: the caller would wait for a reply that never comes.
+            log.exception("twilio stream %s: sending failed", self.stream_sid)
+            self._spawn(self.close("internal_error"))
 
     async def _send_mark(self) -> None:
         self._mark_seq += 1
