@@ -2,13 +2,15 @@
 
     python -m benchmarks.telephony_bench latency --url http://127.0.0.1:8080 --path twilio --turns 5
     python -m benchmarks.telephony_bench latency --url http://127.0.0.1:8080 --path sip --sip-port 5060 --turns 5
-    python -m benchmarks.telephony_bench capacity --url http://127.0.0.1:8080 --sip-port 5060 --calls 10 20 30
+    python -m benchmarks.telephony_bench capacity --url http://127.0.0.1:8080 --path sip --sip-port 5060 --calls 10 20
+    python -m benchmarks.telephony_bench capacity --url http://127.0.0.1:8080 --path twilio --calls 10 20
 
 Latency is caller speech end → first reply audio at the phone: for Twilio, from the last speech frame the caller
 sent to the first loud `media` frame it received; for SIP (SIPp replays the questions on a fixed schedule), from
 the speech end the server dated (loopback transit is ~0) to the first loud RTP packet at the caller's socket.
-Capacity runs N simultaneous SIPp calls (the server should run the cheap echo stack) and reports, per N, how many
-were answered and got their reply, the reply RTP's inter-arrival gaps, and the event loop's lag.
+Capacity runs N simultaneous calls (SIPp, or Media Streams callers in this process; the server should run the
+cheap echo stack) and reports, per N, how many were answered and got their reply, the reply audio's inter-arrival
+gaps, the event loop's lag and the server's CPU.
 """
 
 from __future__ import annotations
@@ -245,10 +247,38 @@ async def sip_capacity(url: str, sip_port: int, calls: int, hold_s: float) -> di
     return {
         "calls": calls, "peak_sessions": peak, "sipp_successful": _sipp_count(log, "Successful call"),
         "sipp_failed": _sipp_count(log, "Failed call"), "streams": len(capture.streams), "got_reply": replied,
-        "rtp_gap_ms": {"p50": _pct(gaps, 50), "p99": _pct(gaps, 99), "max": round(max(gaps), 1) if gaps else None},
+        "rtp_gap_ms": {"p50": _pct(gaps, 50), "p99": _pct(gaps, 99), "max": _pct(gaps, 100)},
         "loop_lag_max_ms": round(lag, 1), "server_cpu_percent": round(100 * cpu / elapsed),
         "voice_to_voice_p50_ms": summary(v2v),
     }
+
+
+async def twilio_capacity(url: str, calls: int, hold_s: float) -> dict[str, Any]:
+    """N simultaneous Media Streams callers in this process (their own cost shares the machine with the server)."""
+    speech, rate = synthesize("Hello, I would like to check the status of my order please.")
+    clients = [TwilioCall(url, keep_audio=False) for _ in range(calls)]
+    cpu0 = _proc_cpu(_get(f"{url}/healthz")["pid"])
+    t0 = time.monotonic()
+    results = await asyncio.gather(*(c.connect(tap=False) for c in clients), return_exceptions=True)
+    connected = [c for c, r in zip(clients, results, strict=True) if not isinstance(r, BaseException)]
+    for c in connected:
+        c.play(speech, rate, marks={"end": speech.size})
+    peak, lag = 0, 0.0
+    while time.monotonic() - t0 < hold_s:
+        await asyncio.sleep(1.0)
+        peak = max(peak, _get(f"{url}/healthz")["sessions"])
+        lag = max(lag, _loop_lag_window(url))
+    cpu = _proc_cpu(_get(f"{url}/healthz")["pid"]) - cpu0
+    elapsed = time.monotonic() - t0
+    onsets = [c.received.onset_after(c.mark_times.get("end", 1e12)) for c in connected]
+    latencies = [1000 * (o - c.mark_times["end"]) for c, o in zip(connected, onsets, strict=True) if o is not None]
+    gaps = [1000 * (b - a) for c in connected for a, b in zip(c.received.times, c.received.times[1:], strict=False)
+            if b - a < 0.5]  # within a stretch of reply audio: silence is not sent
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    return {"calls": calls, "connected": len(connected), "peak_sessions": peak, "got_reply": len(latencies),
+            "media_gap_ms": {"p50": _pct(gaps, 50), "p99": _pct(gaps, 99), "max": _pct(gaps, 100)},
+            "speech_end_to_reply_ms": summary(latencies), "loop_lag_max_ms": round(lag, 1),
+            "server_cpu_percent": round(100 * cpu / elapsed)}
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -290,7 +320,9 @@ def main() -> None:
         print(json.dumps(asyncio.run(coro)))
     else:
         for n in args.calls:
-            print(json.dumps(asyncio.run(sip_capacity(args.url, args.sip_port, n, args.hold_s))), flush=True)
+            run = (sip_capacity(args.url, args.sip_port, n, args.hold_s) if args.path == "sip"
+                   else twilio_capacity(args.url, n, args.hold_s))
+            print(json.dumps(asyncio.run(run)), flush=True)
             time.sleep(3)
 
 

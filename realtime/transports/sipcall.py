@@ -155,7 +155,10 @@ class SipCall:
             return
         self._last_media = time.monotonic()
         self.stats.packets_in += 1
-        if packet.payload_type == self.media.payload_type and 0 < len(packet.payload) <= rtp.MAX_PAYLOAD:
+        if packet.payload_type == self.media.payload_type:
+            if not 0 < len(packet.payload) <= rtp.MAX_PAYLOAD:
+                self.stats.dropped_malformed += 1
+                return
             self.session.push_audio(self._audio.decode(packet.payload))
         elif packet.payload_type == self.media.dtmf_payload_type:
             try:
