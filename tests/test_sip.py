@@ -366,6 +366,8 @@ async def test_malformed_and_unexpected_requests_get_sip_errors(echo: SipServer)
         assert status == 200 and "INVITE" in headers["allow"]
         uac.request("INVITE", "", uac.offer(), drop=("Call-ID",))
         assert uac.final()[0] == 400
+        uac.request("INVITE", "bad-cseq", uac.offer(), cseq=-1)
+        assert uac.final()[0] == 400
         uac.send_raw(b"\x00\xffnot sip at all\r\n\r\n")
         uac.send_raw(b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKx\r\nbroken header\r\n\r\n")
         assert uac.final()[0] == 400

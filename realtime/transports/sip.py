@@ -346,10 +346,14 @@ class SipServer(asyncio.DatagramProtocol):
         return headers
 
     def _remember_final(self, request: SipMessage, data: bytes) -> None:
+        try:
+            cseq = request.cseq[0]
+        except sipmsg.SipParseError:
+            return  # a 400 for a broken CSeq: nothing to match a retransmission against
         now = time.monotonic()
         if len(self._finals) > 256:
             self._finals = {k: v for k, v in self._finals.items() if now - v[0] < TRANSACTION_S}
-        self._finals[(request.call_id, request.branch, request.cseq[0])] = (now, data)
+        self._finals[(request.call_id, request.branch, cseq)] = (now, data)
 
     def _resend_final(self, request: SipMessage, peer: tuple[str, int]) -> bool:
         """A retransmitted request whose transaction already ended gets the same final response again."""
