@@ -175,6 +175,23 @@ async def test_broken_streams_are_closed_with_a_clear_code(echo: str, frames: li
     await sessions_drop_to_zero(echo)
 
 
+async def test_a_telnyx_style_stream_is_taken_too(echo: str) -> None:
+    """Telnyx sends the same events with snake_case fields and names the codec PCMU."""
+    start = {"event": "start", "sequence_number": "1", "stream_id": "telnyx-1",
+             "start": {"call_control_id": "v3:telnyx-call", "media_format": {"encoding": "PCMU", "sample_rate": 8000,
+                                                                             "channels": 1}}}
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"{echo}/telephony/twilio") as ws:
+        await ws.send_str(json.dumps({"event": "connected", "version": "1.0.0"}))
+        await ws.send_str(json.dumps(start))
+        await asyncio.sleep(0.3)
+        async with http.get(f"{echo}/telephony/calls/v3:telnyx-call") as r:
+            assert r.status == 200 and (await r.json())["transport"] == "twilio"
+        await ws.send_str(json.dumps({"event": "stop", "sequence_number": "2", "stream_id": "telnyx-1"}))
+        await ws.receive(timeout=5)
+        assert ws.close_code == aiohttp.WSCloseCode.OK
+    await sessions_drop_to_zero(echo)
+
+
 async def test_binary_frames_and_silence_timeouts_end_the_stream(echo: str) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(f"{echo}/telephony/twilio") as ws:

@@ -178,20 +178,19 @@ class TwilioCall:
         start = message.get("start")
         if not isinstance(start, dict):
             raise ProtocolError(WSCloseCode.INVALID_TEXT, "'start' needs a 'start' object")
-        fmt = start.get("mediaFormat") or {}
-        if not isinstance(fmt, dict) or (fmt.get("encoding"), fmt.get("sampleRate"), fmt.get("channels")) not in (
-            ("audio/x-mulaw", 8000, 1), ("audio/x-mulaw", 8000, None), (None, None, None),
-        ):
+        # Twilio writes camelCase; Telnyx sends the same events with snake_case fields and "PCMU".
+        fmt = _first(start, "mediaFormat", "media_format") or {}
+        if not isinstance(fmt, dict) or not _is_mulaw_8k(fmt):
             raise ProtocolError(WSCloseCode.UNSUPPORTED_DATA,
-                                f"unsupported mediaFormat {fmt!r}; Parley takes audio/x-mulaw, 8000 Hz, mono")
-        sid = start.get("streamSid") or message.get("streamSid")
+                                f"unsupported media format {fmt!r}; Parley takes audio/x-mulaw, 8000 Hz, mono")
+        sid = _first(start, "streamSid", "stream_id") or _first(message, "streamSid", "stream_id")
         if not isinstance(sid, str) or not sid:
             raise ProtocolError(WSCloseCode.INVALID_TEXT, "'start' has no streamSid")
         self.stream_sid = sid
-        self.call_sid = str(start.get("callSid") or "")
-        params = start.get("customParameters")
+        self.call_sid = str(_first(start, "callSid", "call_control_id") or "")
+        params = _first(start, "customParameters", "custom_parameters")
         params = params if isinstance(params, dict) else {}
-        number = str(params.get("to") or params.get("To") or "")
+        number = str(params.get("to") or params.get("To") or start.get("to") or "")
         try:
             settings = phone.settings_for(self.engine, number)
             self.session = self.engine.open_session(self, settings)
@@ -334,6 +333,18 @@ class TwilioCall:
         if key not in self._warned:
             self._warned.add(key)
             log.warning("twilio stream %s: " + message, self.stream_sid, *args)
+
+
+def _first(obj: dict[str, Any], *keys: str) -> Any:
+    return next((obj[k] for k in keys if obj.get(k) not in (None, "")), None)
+
+
+def _is_mulaw_8k(fmt: dict[str, Any]) -> bool:
+    if not fmt:
+        return True  # a start without a format: Media Streams has only ever meant µ-law at 8 kHz
+    encoding = str(fmt.get("encoding", "audio/x-mulaw")).lower()
+    rate = str(_first(fmt, "sampleRate", "sample_rate") or 8000)
+    return encoding in ("audio/x-mulaw", "pcmu") and rate == "8000" and str(fmt.get("channels", 1)) == "1"
 
 
 # --- HTTP ------------------------------------------------------------------------------------------------------
