@@ -468,3 +468,20 @@ def test_one_key_press_is_one_digit_even_with_retransmitted_ends() -> None:
                 packet = rtp.RtpPacket(101, n, timestamp, 1, n == 1, bytes([event, flags | 10, 0, n * 160 % 256]))
                 digits += receiver.push(packet)
     assert [d.digit for d in digits] == ["5", "#"]
+
+
+async def test_server_shutdown_hangs_up_calls_with_bye(tmp_path: Path) -> None:
+    with sip_server(tmp_path, "", stack="echo") as server:
+        uac = RawUac(server)
+        uac.request("INVITE", "shutdown-1", uac.offer())
+        status, headers = uac.final()
+        assert status == 200
+        uac.request("ACK", "shutdown-1", to_tag=headers["to"].split("tag=")[1])
+    # Leaving the block stopped the server (SIGTERM): the caller was sent a BYE rather than left in silence.
+    try:
+        status, headers, start = uac.receive()
+        while status != 0:
+            status, headers, start = uac.receive()
+        assert start.startswith("BYE ") and headers["call-id"] == "shutdown-1"
+    finally:
+        uac.close()
