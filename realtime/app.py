@@ -6,6 +6,7 @@
     GET  /stats     live sessions and the last sessions' summaries
     GET  /sessions/{id}/events   WebSocket tap of one live session's events (any transport)
     GET  /metrics   Prometheus
+    /telephony/...  phone calls, when [telephony] enables them (realtime/transports/twilio.py, sip.py)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from realtime import metrics
 from realtime.config import Config, ConfigError
 from realtime.engine import CapacityError, Engine
-from realtime.transports import aiortc_tuning, ice
+from realtime.transports import aiortc_tuning, ice, sip, twilio
 from realtime.transports.webrtc import OfferError, WebRTCCall
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,10 @@ def create_app(config: Config, engine: Engine | None = None) -> web.Application:
     app.router.add_get("/metrics", prometheus)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
+    if config.telephony.twilio:
+        twilio.add_routes(app, app[ENGINE])
+    if config.telephony.sip:
+        sip.add_server(app, app[ENGINE])
     return app
 
 

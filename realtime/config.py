@@ -179,25 +179,38 @@ class ModelsConfig:
 
 @dataclass(frozen=True)
 class TelephonyNumber:
-    """Session overrides applied to calls to one number (SIP user part or Twilio `To`)."""
+    """Session overrides applied to calls to one number (SIP Request-URI user part, or Twilio `To`).
+
+    Numbers compare by their digits, so "+1 555 010 0100" matches a SIP user "15550100100"; a name without
+    digits ("support") matches the SIP user part case-insensitively.
+    """
 
     number: str = ""
+    # Any [session] key: instructions (the system prompt), voice, speed, end_of_turn_ms, ...
     session: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class TelephonyConfig:
+    # Twilio Media Streams WebSocket at /telephony/twilio (+ TwiML at POST /telephony/twilio/twiml).
     twilio: bool = False
+    # Public wss:// URL Twilio should stream to; empty = derived from the request's Host header.
+    twilio_stream_url: str = ""
+    # SIP user agent on UDP sip_host:sip_port; 0 = an ephemeral port (tests).
     sip: bool = False
     sip_host: str = "127.0.0.1"
     sip_port: int = 5060
-    # Address put in SDP answers; empty = sip_host.
+    # Address put in SDP answers and the Contact header; empty = sip_host (set it behind 1:1 NAT).
     rtp_public_ip: str = ""
     rtp_port_min: int = 20000
     rtp_port_max: int = 20999
+    # G.711 codecs Parley accepts, in no order of its own: the caller's order of preference decides.
     codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA"])
-    # Public wss:// URL Twilio should stream to; empty = derived from the request's Host header.
-    twilio_stream_url: str = ""
+    # Send reply RTP to the address the caller's RTP comes from rather than the one its SDP names (callers
+    # behind NAT that do not know their public address).
+    rtp_symmetric: bool = False
+    # Hang up a call (SIP BYE, or close the WebSocket) when no media arrived for this long.
+    media_timeout_ms: int = 10000
     numbers: list[TelephonyNumber] = field(default_factory=list)
 
 
@@ -278,9 +291,37 @@ def validate(config: Config) -> Config:
     ice = config.ice
     if (ice.port_min or ice.port_max) and not 0 < ice.port_min <= ice.port_max <= 65535:
         raise ConfigError("[ice] port_min..port_max must be a valid range (1..65535), or both 0")
-    for number in config.telephony.numbers:
-        with_session_overrides(config.session, number.session, f"telephony.numbers.{number.number}.session")
+    check_telephony(config)
     return config
+
+
+def check_telephony(config: Config) -> None:
+    t = config.telephony
+    bad = [c for c in t.codecs if c not in ("PCMU", "PCMA")]
+    if bad or not t.codecs:
+        raise ConfigError(f"[telephony].codecs must be a non-empty list of 'PCMU', 'PCMA'; got {t.codecs!r}")
+    if not 0 <= t.sip_port <= 65535:
+        raise ConfigError(f"[telephony].sip_port must be 0..65535, got {t.sip_port}")
+    if not 0 < t.rtp_port_min <= t.rtp_port_max <= 65535:
+        raise ConfigError("[telephony] rtp_port_min..rtp_port_max must be a valid range (1..65535)")
+    if t.media_timeout_ms <= 0:
+        raise ConfigError("[telephony].media_timeout_ms must be > 0")
+    if t.sip and t.sip_host in ("0.0.0.0", "::", "") and not t.rtp_public_ip:
+        raise ConfigError("[telephony].sip_host is a wildcard address: set rtp_public_ip to the address callers "
+                          "should send RTP to (it goes into SDP answers and Contact)")
+    seen: set[str] = set()
+    for number in t.numbers:
+        key = number_key(number.number)
+        if not key or key in seen:
+            raise ConfigError(f"[telephony.numbers] number {number.number!r} is empty or listed twice")
+        seen.add(key)
+        with_session_overrides(config.session, number.session, f"telephony.numbers.{number.number}.session")
+
+
+def number_key(number: str) -> str:
+    """Dialled numbers compare by their digits (`+1 555-0100` = `15550100`); names (`support`) as lower case."""
+    digits = "".join(c for c in number if c.isdigit())
+    return digits or number.strip().lower()
 
 
 def _key(where: str, name: str) -> str:

@@ -71,6 +71,7 @@ class Session:
             settings.vad_threshold, settings.min_speech_ms, settings.max_turn_ms,
         )
         self._responses: dict[str, Response] = {}
+        self._released: set[str] = set()  # gen_ids whose audio may play (committed drafts, plain responses)
         self._transcriptions: dict[str, asyncio.Future[Any]] = {}  # by owning gen_id
         self._tools: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -110,6 +111,10 @@ class Session:
             if not queue.full():  # a slow observer loses events rather than slowing the call
                 queue.put_nowait(event)
         self.link.send_event(event)
+
+    def notify(self, event: dict[str, Any]) -> None:
+        """An event the transport observed (a DTMF key press), sent and tapped like the session's own."""
+        self._emit_event(event)
 
     def push_audio(self, samples: np.ndarray, at_ms: float | None = None) -> None:
         """Incoming audio, already mono float32 at 16 kHz."""
@@ -216,12 +221,20 @@ class Session:
                 case ctl.Generate():
                     self._generate(effect)
                 case ctl.ReleaseAudio(gen_id=gen_id):
-                    if gen_id in self._responses:
-                        self._responses[gen_id].release()
+                    self._released.add(gen_id)
+                    response = self._responses.get(gen_id)
+                    if response is not None:
+                        response.release()
+                        if response.task is not None and response.task.done():
+                            self._forget(gen_id)
                 case ctl.CancelGeneration(gen_id=gen_id):
                     self._spawn(self._cancel_generation(gen_id))
                 case ctl.StopPlayout(gen_id=gen_id):
                     played = self.playout.stop(gen_id)
+                    # A far end that buffers (Twilio) has not played everything handed out yet; its link knows how much.
+                    unheard = getattr(self.link, "unheard_ms", None)
+                    if unheard is not None:
+                        played = max(0.0, played - unheard())
                     self._apply(self.controller.playout_stopped(self.now_ms(), gen_id, played))
                 case ctl.RunTool(call=call):
                     self._tools[call.id] = asyncio.create_task(self._run_tool(call), name=f"tool-{call.name}")
@@ -270,6 +283,7 @@ class Session:
             self.link.sample_rate, self._on_response, self.playout.enqueue, self.playout.end,
         )
         if not effect.speculative:
+            self._released.add(effect.gen_id)
             response.release()
         self._responses[effect.gen_id] = response
         response.start(effect.messages)
@@ -280,6 +294,7 @@ class Session:
         if transcription is not None:
             pending.append(asyncio.shield(transcription))  # a tokenizer pass cannot be interrupted: wait it out
         response = self._responses.pop(gen_id, None)
+        self._released.discard(gen_id)
         if response is not None:
             pending.append(response.cancel())
         await asyncio.gather(*pending, return_exceptions=True)
@@ -289,6 +304,10 @@ class Session:
         result = await self.engine.tools.run(call)
         self._tools.pop(call.id, None)
         self._post(lambda now: self.controller.tool_finished(now, call.id, result))
+
+    def _forget(self, gen_id: str) -> None:
+        self._responses.pop(gen_id, None)
+        self._released.discard(gen_id)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -324,7 +343,9 @@ class Session:
             case ToolRequest(call=call):
                 self._post(lambda now: self.controller.tool_requested(now, gen_id, call))
             case Finished(error=error):
-                self._responses.pop(gen_id, None)
+                # A draft that finished before its commit still holds its audio: keep it until released.
+                if gen_id in self._released:
+                    self._forget(gen_id)
                 self._post(lambda now: self.controller.generation_finished(now, gen_id, error))
 
     # --- settings ----------------------------------------------------------------------------------------------
