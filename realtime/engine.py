@@ -54,7 +54,8 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self._stack is not None
+        """Loaded *and* warm: a first call must not meet a cold LM prefix."""
+        return self._ready.is_set()
 
     async def load(self) -> None:
         """Load and warm the stack off the event loop (seconds), once per process."""

@@ -57,3 +57,8 @@ def test_hibari_reports_what_it_cannot_do() -> None:
     slow = np.concatenate(list(tts.stream("One two three.", VoiceSettings(speed=0.7))))
     fast = np.concatenate(list(tts.stream("One two three.", VoiceSettings(speed=1.5))))
     assert slow.size > fast.size * 1.5, "speed is applied"
+    # Sentences start speaking at once and end with a short pause, not hibari's 0.2-0.5 s pads.
+    frame = tts.sample_rate // 100
+    levels = [float(np.sqrt(np.mean(fast[i : i + frame] ** 2))) for i in range(0, fast.size - frame, frame)]
+    voiced = [i for i, lv in enumerate(levels) if lv > 10 ** (-45 / 20)]
+    assert voiced[0] <= 3 and len(levels) - voiced[-1] <= 17
