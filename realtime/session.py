@@ -48,6 +48,10 @@ class TransportLink(Protocol):
 
     def send_event(self, event: dict[str, Any]) -> None: ...
 
+    def unheard_ms(self) -> float:
+        """Audio handed out but not yet played at the far end (a buffering peer such as Twilio); 0 if none."""
+        ...
+
 
 class Session:
     def __init__(self, session_id: str, engine: Engine, settings: SessionConfig, link: TransportLink) -> None:
@@ -230,11 +234,8 @@ class Session:
                 case ctl.CancelGeneration(gen_id=gen_id):
                     self._spawn(self._cancel_generation(gen_id))
                 case ctl.StopPlayout(gen_id=gen_id):
-                    played = self.playout.stop(gen_id)
-                    # A far end that buffers (Twilio) has not played everything handed out yet; its link knows how much.
-                    unheard = getattr(self.link, "unheard_ms", None)
-                    if unheard is not None:
-                        played = max(0.0, played - unheard())
+                    # A far end that buffers (Twilio) has not played everything handed out yet.
+                    played = max(0.0, self.playout.stop(gen_id) - self.link.unheard_ms())
                     self._apply(self.controller.playout_stopped(self.now_ms(), gen_id, played))
                 case ctl.RunTool(call=call):
                     self._tools[call.id] = asyncio.create_task(self._run_tool(call), name=f"tool-{call.name}")

@@ -86,6 +86,9 @@ class SipCall:
 
     # --- TransportLink -------------------------------------------------------------------------------------
 
+    def unheard_ms(self) -> float:
+        return 0.0  # RTP is paced in real time; the phone's own jitter buffer is not visible from here
+
     def send_event(self, event: dict[str, Any]) -> None:
         # A phone has no channel for Parley's events (the event tap has them).
         if event.get("type") == "error":
