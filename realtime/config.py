@@ -137,27 +137,73 @@ class EmbeddedStackConfig:
 class OpenAIStackConfig:
     # LM served elsewhere (vLLM, llama.cpp server); VAD, tokenizer and TTS stay embedded.
     base_url: str = "http://127.0.0.1:8000/v1"
+    # Empty = the first model the server lists at /v1/models.
     model: str = ""
+    # Environment variable holding the bearer token; unset or empty sends no Authorization header.
     api_key_env: str = "OPENAI_API_KEY"
     connect_timeout_s: float = 5.0
     # No token for this long mid-stream = failure.
     read_timeout_s: float = 30.0
+    # Attempts after the first, only before the first token arrives (a stream that has spoken is never replayed).
     retries: int = 2
+    retry_backoff_s: float = 0.25
     # Send tool schemas in the OpenAI "tools" format (needs server support: vLLM --enable-auto-tool-choice).
     tools: bool = True
+    # "auto", "required", "none", or a function name to force.
+    tool_choice: str = "auto"
+    # Servers without a tool parser stream a call as content (`<tool_call>{...}` or a bare `{"name": ...}`):
+    # a reply that starts that way is held back and parsed as a call.
+    text_tool_calls: bool = True
+    top_p: float = 0.9
+    stop: list[str] = field(default_factory=list)
+    # Open connections to the server per worker process (every live draft or response holds one).
+    max_connections: int = 32
+    # Merged into every request body (e.g. {"repetition_penalty" = 1.05} for vLLM).
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class StepAudioStackConfig:
+    # Local copies of the release: Step-Audio-Tokenizer/, Step-Audio-Chat/, Step-Audio-TTS-3B/.
     tokenizer_dir: str = ""
     chat_dir: str = ""
     tts_dir: str = ""
     device: str = "cuda"
+    # Per-stage placement; empty = `device`. The chat model is spread by `chat_device_map` instead.
+    tokenizer_device: str = ""
+    tts_device: str = ""
+    # accelerate device map for the 130B chat model ("auto" spreads it over every visible GPU).
+    chat_device_map: str = "auto"
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     # "transformers" runs Step-Audio-Chat in-process; "openai" sends <audio_N> text to [models.openai].
     chat_backend: Literal["transformers", "openai"] = "transformers"
+    # "folder": the model folder's own modeling code (trust_remote_code, as the release loads it);
+    # "builtin": Parley's re-implementation of Step1 (same tensor names) for folders whose code does not load.
+    step1_code: Literal["folder", "builtin"] = "folder"
+    # Tokenizer segment: one Paraformer chunk (240 ms) = 2 interleave groups.
+    segment_ms: int = 240
+    # The semantic (CosyVoice) tokenizer is not streaming: it runs on fixed windows of the turn, each with this
+    # much left context. Multiples of 240 ms; window 30000 reproduces the release (one pass per turn).
+    semantic_window_ms: int = 1200
+    semantic_context_ms: int = 2400
+    # Where the text kept in history comes from: "whisper" (the embedded faster-whisper, as the release's demo
+    # uses a separate ASR), "chat" (Step-Audio-Chat transcribes with `asr_prompt`), "none" (a placeholder).
+    transcript: Literal["whisper", "chat", "none"] = "whisper"
+    asr_prompt: str = "请记录下你所听到的语音内容。"
+    top_p: float = 0.9
+    # TTS-3B: the release's prompt speaker and sampling.
+    speaker: str = "Tingting"
+    # Folder of prompt speakers laid out like the release's speakers/ (speakers_info.json, <id>_prompt.wav);
+    # empty = <tts_dir>/speakers.
+    speakers_dir: str = ""
+    tts_temperature: float = 0.7
+    tts_max_tokens: int = 2048
+    # Streaming decoder: chunks are cut on whole 5-token groups (120 ms each); the first is shorter for latency.
+    decoder_first_chunk_groups: int = 4
     decoder_chunk_groups: int = 10
     decoder_overlap_groups: int = 1
+    flow_steps: int = 10
+    flow_cfg_rate: float = 0.7
 
 
 @dataclass(frozen=True)
