@@ -212,8 +212,8 @@ class FlakyServer:
                 return
             if self.requests <= self.fail:
                 body = b'{"error": "loading"}'
-                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
                 await writer.drain()
                 return
             # Chunked, as real servers stream: a connection cut mid-body is then a detectable error.

@@ -18,7 +18,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -184,7 +184,7 @@ class OpenAILM:
 
     async def _one_stream(
         self, session: aiohttp.ClientSession, body: dict[str, Any], tools: set[str]
-    ) -> AsyncIterator[LMDelta]:
+    ) -> AsyncGenerator[LMDelta, None]:
         url = f"{self.base_url}/chat/completions"
         try:
             response = await session.post(url, json=body)
@@ -213,7 +213,7 @@ class OpenAILM:
             # Closing (not releasing) drops the connection: the server sees the client go and stops generating.
             response.close()
 
-    async def _read(self, response: aiohttp.ClientResponse, tools: set[str]) -> AsyncIterator[LMDelta]:
+    async def _read(self, response: aiohttp.ClientResponse, tools: set[str]) -> AsyncGenerator[LMDelta, None]:
         cfg = self.config
         decoder = SSEDecoder()
         calls = ToolCallAccumulator()
@@ -288,8 +288,9 @@ class OpenAILM:
         headers = {k: v for k, v in self._headers().items() if k != "Accept"}
         request = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
                                          headers=headers, method="POST")
+        timeout = self.config.connect_timeout_s + self.config.read_timeout_s
         try:
-            with urllib.request.urlopen(request, timeout=self.config.connect_timeout_s + self.config.read_timeout_s) as r:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
                 data = json.loads(r.read())
         except (urllib.error.URLError, TimeoutError) as exc:
             raise LMServerError(f"transcript request to {self.base_url} failed: {exc}") from exc

@@ -57,9 +57,8 @@ class ToolCallAccumulator:
         for _, partial in sorted(self._calls.items()):
             if not partial.name:
                 continue
-            out.append(ToolCall(
-                id=partial.id or new_call_id(), name=partial.name, arguments=parse_arguments("".join(partial.arguments)),
-            ))
+            arguments = parse_arguments("".join(partial.arguments))
+            out.append(ToolCall(id=partial.id or new_call_id(), name=partial.name, arguments=arguments))
         return out
 
 
