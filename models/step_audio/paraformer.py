@@ -161,11 +161,11 @@ def config_from_yaml(conf: dict[str, Any]) -> SanmConfig:
         raise ValueError("config.yaml: encoder_conf and frontend_conf must be mappings")
     lfr_m, n_mels = int(front.get("lfr_m", 7)), int(front.get("n_mels", 80))
     return SanmConfig(
-        input_size=int(conf.get("input_size") or n_mels * lfr_m),
+        input_size=int(conf.get("input_size", n_mels * lfr_m)),
         output_size=int(enc.get("output_size", 512)),
         attention_heads=int(enc.get("attention_heads", 4)),
         linear_units=int(enc.get("linear_units", 2048)),
         num_blocks=int(enc.get("num_blocks", 50)),
         kernel_size=int(enc.get("kernel_size", 11)),
-        sanm_shift=int(enc.get("sanm_shfit", enc.get("sanm_shift", 0))),
+        sanm_shift=int(enc.get("sanm_shfit") or enc.get("sanm_shift") or 0),  # funasr spells it "shfit"
     )
