@@ -216,7 +216,8 @@ def test_kaldi_fbank_frames_and_incremental_equality() -> None:
     assert fbank.frame_count(399) == 0 and fbank.frame_count(400) == 1 and fbank.frame_count(16000) == 98
     full = fbank.fbank(x)
     assert full.shape == (98, 80) and full.dtype == np.float32
-    parts = np.concatenate([fbank.fbank(x[:5000], last=20), fbank.fbank(x[:9000], first=20), fbank.fbank(x, first=54)])
+    parts = np.concatenate([fbank.fbank(x[:5000], last=20), fbank.fbank(x[:9000], first=20),
+                            fbank.fbank(x, first=54)])
     np.testing.assert_array_equal(parts, full)
     banks = fbank.mel_banks(80)
     assert banks.shape == (80, 257) and np.all(banks[:, -1] == 0) and np.all(banks.max(axis=1) > 0.25)  # every bank covers an FFT bin

@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="parley-step-audio-") as tmp:
         config = build_config(args, None if real else Path(tmp))
-        print(f"[load] {'real folders' if real else 'synthetic weights in ' + tmp} on {config.models.step_audio.device}")
+        where = "real folders" if real else f"synthetic weights in {tmp}"
+        print(f"[load] {where} on {config.models.step_audio.device}")
         t0 = time.perf_counter()
         stack = load(config)
         print(f"[load] {time.perf_counter() - t0:.1f} s: {stack.info}")
