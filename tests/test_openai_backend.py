@@ -42,16 +42,17 @@ def gguf() -> Path:
 
 
 @contextlib.contextmanager
-def llama_server(log_path: Path, chat_format: str | None = None) -> Iterator[str]:
+def llama_server(log_path: Path, chat_format: str | None = None, threads: int = 2) -> Iterator[str]:
     """`python -m llama_cpp.server` on a free loopback port; yields its /v1 base URL."""
     port = free_port()
     cmd = [sys.executable, "-u", "-m", "llama_cpp.server", "--model", str(gguf()), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]
+           "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads)]
     if chat_format:
         cmd += ["--chat_format", chat_format]
     log = log_path.open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            # Passive OpenMP waits: spinning threads starve whatever else shares the cores.
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"})
     base = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120

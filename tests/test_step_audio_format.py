@@ -269,3 +269,16 @@ def test_hyperpyyaml_config_is_read_like_the_release(tmp_path: Path) -> None:
     flow_cfg, hift_cfg = configs_from_yaml(conf, cfg_rate=0.7)
     assert flow_cfg == FLOW
     assert hift_cfg == HIFT
+
+
+def test_the_jinja_template_for_servers_renders_the_same_prompt() -> None:
+    """vLLM renders chat itself: the shipped template must give exactly what Parley renders in-process."""
+    import jinja2
+
+    source = (Path(chat_format.__file__).parent / "step1_chat_template.jinja").read_text()
+    template = jinja2.Environment().from_string(source)
+    messages = [Message("system", "be brief"), Message("user", "<audio_1><audio_1030>"),
+                Message("assistant", ""), Message("tool", "42"), Message("assistant", "ok"), Message("user", "hi")]
+    rendered = template.render(messages=[{"role": m.role, "content": m.content} for m in messages],
+                               bos_token="<s>", add_generation_prompt=True)
+    assert rendered == "<s>" + chat_format.render(messages)

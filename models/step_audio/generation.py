@@ -43,6 +43,7 @@ def load_step1(folder: Path, dtype: torch.dtype, device_map: str, code: str) -> 
         config = builtin.Step1Config.from_pretrained(folder)
         model = builtin.Step1ForCausalLM.from_pretrained(folder, config=config, **kwargs)
     else:
+        log.info("Step1 attention kernel for %s: %s", folder, load_optimus(folder))
         try:
             AutoConfig.register("step1", builtin.Step1Config)
             AutoModelForCausalLM.register(builtin.Step1Config, builtin.Step1ForCausalLM)
@@ -56,6 +57,26 @@ def load_step1(folder: Path, dtype: torch.dtype, device_map: str, code: str) -> 
 
 
 SPREAD_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def load_optimus(folder: Path) -> str:
+    """Load the release's attention kernel (`lib/liboptimus_ths-torch<ver>-cu<ver>*.so`) for the folder's code.
+
+    The release's modeling code calls `torch.ops.Optimus.fwd` when the library is loaded and falls back to SDPA
+    with the ALiBi bias otherwise; this returns what happened, for /healthz.
+    """
+    if not torch.cuda.is_available():
+        return "no CUDA: SDPA"
+    version = ".".join(torch.__version__.split(".")[:2])
+    candidates = sorted((folder / "lib").glob(f"liboptimus_ths-torch{version}-*.so"))
+    if not candidates:
+        return f"no lib/liboptimus_ths-torch{version}-*.so: SDPA"
+    try:
+        torch.ops.load_library(str(candidates[-1]))
+    except (OSError, RuntimeError) as exc:
+        log.warning("could not load %s (%s): Step1 attention falls back to SDPA", candidates[-1], exc)
+        return f"{candidates[-1].name} failed to load: SDPA"
+    return f"{candidates[-1].name}"
 
 
 def input_device(model: Any) -> torch.device:
