@@ -123,7 +123,7 @@ def load(config: Config) -> ModelStack:
     vad = SileroVad(model_path("silero-vad", config.models.embedded.model_dir) / "silero_vad.onnx")
     info = {
         "vad": "silero-vad 6.2.3",
-        "tokenizer": f"{files.paraformer.parent} (linguistic on {tok_device}, "
+        "tokenizer": f"{files.paraformer} (linguistic on {tok_device}, "
                      f"semantic window {sa.semantic_window_ms} ms)",
         "transcript": sa.transcript,
         "lm": chat_info,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from models.interfaces import UserInput
 from models.step_audio import audio_tokens as fmt
 from models.step_audio.linguistic import LinguisticModel, LinguisticStream
 from models.step_audio.semantic import SemanticModel, SemanticStream
+
+if TYPE_CHECKING:
+    from models.embedded.whisper import WhisperStream, WhisperTokenizer
 
 _NON_WORD = re.compile(r"[^\w\s']+", re.UNICODE)
 
@@ -88,16 +91,16 @@ class _ChatStream:
 class WhisperTranscripts:
     """The embedded faster-whisper (the release's demo also keeps history from a separate ASR model)."""
 
-    def __init__(self, whisper: object, every_ms: int = 1000) -> None:
+    def __init__(self, whisper: WhisperTokenizer, every_ms: int = 1000) -> None:
         self.whisper = whisper
         self.every = every_ms * 16
 
     def open(self) -> TranscriptStream:
-        return _WhisperStream(self.whisper.open_stream(), self.every)  # type: ignore[attr-defined]
+        return _WhisperStream(self.whisper.open_stream(), self.every)
 
 
 class _WhisperStream:
-    def __init__(self, stream: object, every: int) -> None:
+    def __init__(self, stream: WhisperStream, every: int) -> None:
         self._stream = stream
         self._every = every
         self._next = every
@@ -108,16 +111,15 @@ class _WhisperStream:
         if audio.size < self._next:
             return ""
         self._next = audio.size + self._every
-        hypothesis: str = self._stream.push_segment(audio)  # type: ignore[attr-defined]
-        return hypothesis
+        return self._stream.push_segment(audio)
 
     def finalize(self, audio: np.ndarray, content: str) -> str:
         if self._cache is None or self._cache[0] != audio.size:
-            self._cache = (audio.size, self._stream.finalize(audio).text)  # type: ignore[attr-defined]
+            self._cache = (audio.size, self._stream.finalize(audio).text)
         return self._cache[1]
 
     def reset(self) -> None:
-        self._stream.reset()  # type: ignore[attr-defined]
+        self._stream.reset()
         self._next = self._every
         self._cache = None
 
