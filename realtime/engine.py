@@ -116,5 +116,9 @@ class Engine:
     async def shutdown(self) -> None:
         for session in list(self.sessions.values()):
             await self.close_session(session, "server_shutdown")
+        # Remote LMs hold an HTTP connection pool that must be closed on the loop that opened it.
+        aclose = getattr(self._stack.lm, "aclose", None) if self._stack is not None else None
+        if aclose is not None:
+            await aclose()
         for pool in (self.vad_executor, self.asr_executor, self.tts_executor):
             pool.shutdown(wait=False, cancel_futures=True)

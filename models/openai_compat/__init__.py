@@ -7,21 +7,13 @@ from realtime.config import Config
 
 
 def load(config: Config) -> ModelStack:
-    # The embedded stages are built exactly as models.embedded builds them; only the LM is remote.
-    from models.assets import model_path
-    from models.embedded.hibari_tts import HibariTTS
-    from models.embedded.silero import SileroVad
-    from models.embedded.whisper import WhisperTokenizer
+    from models import embedded
     from models.openai_compat.client import OpenAILM
 
-    emb = config.models.embedded
-    root = emb.model_dir
-    vad = SileroVad(model_path("silero-vad", root) / "silero_vad.onnx")
-    asr = WhisperTokenizer(model_path(emb.asr, root), emb.asr_segment_ms, emb.asr_threads, emb.language)
-    lm = OpenAILM(config.models.openai)
-    tts = HibariTTS(emb.tts_threads)
+    remote = config.models.openai
     return ModelStack(
-        name="openai", vad=vad, tokenizer=asr, lm=lm, tts=tts,
-        info={"vad": "silero-vad 6.2.3", "asr": emb.asr, "lm": f"{config.models.openai.base_url} "
-              f"({config.models.openai.model or 'first listed model'})", "tts": "hibari-tts 0.2.1 (heart)"},
+        name="openai", vad=embedded.silero(config), tokenizer=embedded.whisper(config), lm=OpenAILM(remote),
+        tts=embedded.hibari(config),
+        info={**embedded.INFO, "asr": config.models.embedded.asr,
+              "lm": f"{remote.base_url} ({remote.model or 'first listed model'})"},
     )

@@ -24,8 +24,6 @@ def load(config: Config) -> ModelStack:
     # Heavy imports stay inside: a process running another stack never loads torch.
     import torch
 
-    from models.assets import model_path
-    from models.embedded.silero import SileroVad
     from models.step_audio import paths
     from models.step_audio.audio_tokens import TOKENS_PER_SECOND
     from models.step_audio.chat import StepChatLM
@@ -87,11 +85,10 @@ def load(config: Config) -> ModelStack:
 
     transcripts: Transcriber
     if sa.transcript == "whisper":
-        from models.embedded.whisper import WhisperTokenizer
+        from models import embedded
 
-        emb = config.models.embedded
-        whisper = WhisperTokenizer(model_path(emb.asr, emb.model_dir), emb.asr_segment_ms, emb.asr_threads, "")
-        transcripts = WhisperTranscripts(whisper, emb.asr_segment_ms)
+        # Language detection on: Step-Audio callers speak Chinese, English, Japanese, Korean, dialects.
+        transcripts = WhisperTranscripts(embedded.whisper(config, language=""), config.models.embedded.asr_segment_ms)
     elif sa.transcript == "chat":
         transcripts = ChatTranscripts(transcribe)
     else:
@@ -120,7 +117,9 @@ def load(config: Config) -> ModelStack:
     tts = StepAudioTTS(tts_model, tts_tokenizer, common, music, speakers, sa.speaker, sa.tts_temperature,
                        sa.tts_max_tokens, plan)
 
-    vad = SileroVad(model_path("silero-vad", config.models.embedded.model_dir) / "silero_vad.onnx")
+    from models import embedded
+
+    vad = embedded.silero(config)
     info = {
         "vad": "silero-vad 6.2.3",
         "tokenizer": f"{files.paraformer} (linguistic on {tok_device}, "
