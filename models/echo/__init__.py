@@ -72,7 +72,7 @@ class ToneTTS:
 def load(config: Config) -> ModelStack:
     echo = config.models.echo
     return ModelStack(
-        name="echo", vad=embedded.silero(config), tokenizer=EchoTokenizer(), lm=EchoLM(echo.reply),
+        name="echo", vad=embedded.load_vad(config), tokenizer=EchoTokenizer(), lm=EchoLM(echo.reply),
         tts=ToneTTS(echo.tone_hz, echo.tone_ms),
         info={"vad": "silero-vad 6.2.3", "lm": "canned reply", "tts": f"{echo.tone_hz:.0f} Hz tone"},
     )

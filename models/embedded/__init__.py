@@ -1,6 +1,7 @@
 """The embedded stack: Silero VAD, faster-whisper, llama.cpp and hibari-tts, all on the CPU and offline.
 
-Each stage has a factory here so the other stacks that reuse embedded stages (openai, step-audio, echo) build them
+Each stage has a `load_*` factory here (not named after its module: importing `models.embedded.whisper` would
+rebind a function called `whisper`) so the other stacks that reuse embedded stages (openai, step-audio, echo) build them
 the same way. Imports are local so a process that runs another stack never loads libraries it does not use.
 """
 
@@ -21,13 +22,13 @@ if TYPE_CHECKING:
 INFO = {"vad": "silero-vad 6.2.3", "tts": "hibari-tts 0.2.1 (heart)"}
 
 
-def silero(config: Config) -> SileroVad:
+def load_vad(config: Config) -> SileroVad:
     from models.embedded.silero import SileroVad
 
     return SileroVad(model_path("silero-vad", config.models.embedded.model_dir) / "silero_vad.onnx")
 
 
-def whisper(config: Config, language: str | None = None) -> WhisperTokenizer:
+def load_tokenizer(config: Config, language: str | None = None) -> WhisperTokenizer:
     """`language` overrides the configured one ("" = detect: Step-Audio transcribes any language)."""
     from models.embedded.whisper import WhisperTokenizer
 
@@ -36,13 +37,13 @@ def whisper(config: Config, language: str | None = None) -> WhisperTokenizer:
                             emb.language if language is None else language)
 
 
-def hibari(config: Config) -> HibariTTS:
+def load_tts(config: Config) -> HibariTTS:
     from models.embedded.hibari_tts import HibariTTS
 
     return HibariTTS(config.models.embedded.tts_threads)
 
 
-def llama(config: Config) -> LlamaLM:
+def load_lm(config: Config) -> LlamaLM:
     from models.embedded.llama import LlamaLM
 
     emb = config.models.embedded
@@ -53,6 +54,7 @@ def llama(config: Config) -> LlamaLM:
 def load(config: Config) -> ModelStack:
     emb = config.models.embedded
     return ModelStack(
-        name="embedded", vad=silero(config), tokenizer=whisper(config), lm=llama(config), tts=hibari(config),
+        name="embedded", vad=load_vad(config), tokenizer=load_tokenizer(config), lm=load_lm(config),
+        tts=load_tts(config),
         info={**INFO, "asr": emb.asr, "lm": emb.lm},
     )

@@ -88,7 +88,8 @@ def load(config: Config) -> ModelStack:
         from models import embedded
 
         # Language detection on: Step-Audio callers speak Chinese, English, Japanese, Korean, dialects.
-        transcripts = WhisperTranscripts(embedded.whisper(config, language=""), config.models.embedded.asr_segment_ms)
+        whisper = embedded.load_tokenizer(config, language="")
+        transcripts = WhisperTranscripts(whisper, config.models.embedded.asr_segment_ms)
     elif sa.transcript == "chat":
         transcripts = ChatTranscripts(transcribe)
     else:
@@ -119,7 +120,7 @@ def load(config: Config) -> ModelStack:
 
     from models import embedded
 
-    vad = embedded.silero(config)
+    vad = embedded.load_vad(config)
     info = {
         "vad": "silero-vad 6.2.3",
         "tokenizer": f"{files.paraformer} (linguistic on {tok_device}, "
