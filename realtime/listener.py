@@ -138,6 +138,8 @@ class Listener:
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=256)
         self._queue: asyncio.Queue[tuple[np.ndarray, float] | None] = asyncio.Queue()
         self._turn_start: int | None = None
+        # Final passes by end sample: started early (at the speech stop) and reused by the draft/end of turn.
+        self._passes: dict[int, asyncio.Future[UserInput]] = {}
         self._next_segment = 0
         self._segment_task: asyncio.Future[str] | None = None
         self._task = asyncio.create_task(self._run(), name="listener")
@@ -151,23 +153,38 @@ class Listener:
     def set_threshold(self, threshold: float) -> None:
         self.segmenter.threshold = threshold
 
+    @property
+    def turn_open(self) -> bool:
+        return self._turn_start is not None
+
     def open_turn(self, start_sample: int) -> None:
         start = max(self._audio.start, start_sample - PREROLL_MS * ENGINE_RATE // 1000)
         self._turn_start = start
+        self._passes.clear()
         self._next_segment = start + self._segment_samples
         self._tokenizer.reset()
 
     def close_turn(self) -> None:
         self._turn_start = None
+        self._passes.clear()
 
     def turn_audio(self, end_sample: int) -> np.ndarray:
         start = self._turn_start if self._turn_start is not None else end_sample
         return self._audio.slice(start, end_sample)
 
-    async def transcribe(self, audio: np.ndarray) -> UserInput:
-        """The tokenizer's final pass over a turn's audio, on the tokenizer's thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._asr_executor, self._tokenizer.finalize, audio)
+    def final_pass(self, end_sample: int) -> asyncio.Future[UserInput]:
+        """The tokenizer's final pass over the open turn up to `end_sample`, started once and shared.
+
+        The session starts it the moment speech stops (when speculating): by the time a draft or the end of the
+        turn asks for this span, most of the pass is done. Another end sample is another pass.
+        """
+        fut = self._passes.get(end_sample)
+        if fut is None:
+            audio = self.turn_audio(end_sample)
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(self._asr_executor, self._tokenizer.finalize, audio)
+            self._passes[end_sample] = fut
+        return fut
 
     async def close(self) -> None:
         self._queue.put_nowait(None)

@@ -79,6 +79,7 @@ class Session:
         self._transcriptions: dict[str, asyncio.Future[Any]] = {}  # by owning gen_id
         self._tools: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._prefill: asyncio.Task[None] | None = None
         self._last_hypothesis = ""
         self._observers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.voice = voice_settings(settings)
@@ -163,9 +164,10 @@ class Session:
         self._apply(self.controller.close(now))
         for response in list(self._responses.values()):
             await response.cancel()
-        for task in list(self._tools.values()) + list(self._background):
+        tasks = [*self._tools.values(), *self._background, *([self._prefill] if self._prefill else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tools.values(), *self._background, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.listener.close()
         self._inbox.put_nowait(None)
         await asyncio.gather(self._task, return_exceptions=True)
@@ -246,12 +248,13 @@ class Session:
                 case ctl.Speak(gen_id=gen_id, text=text):
                     if gen_id in self._responses:
                         self._responses[gen_id].speak(text)
+                case ctl.Prefill(messages=messages):
+                    self._prefill = asyncio.create_task(self._warm_lm(messages), name="lm-prefill")
 
     # --- effects -----------------------------------------------------------------------------------------------
 
     def _transcribe(self, effect: ctl.Transcribe) -> None:
-        audio = self.listener.turn_audio(effect.end_sample)
-        fut = asyncio.ensure_future(self.listener.transcribe(audio))
+        fut = self.listener.final_pass(effect.end_sample)
         if effect.gen_id is not None:
             self._transcriptions[effect.gen_id] = fut
 
@@ -271,7 +274,19 @@ class Session:
 
         fut.add_done_callback(done)
 
+    async def _warm_lm(self, messages: list[Any]) -> None:
+        """One token over the new history: local LMs keep that prefix cached for the next turn."""
+        options = GenerationOptions(max_tokens=1, temperature=0.0,
+                                    tools=self.engine.tools.specs if self.settings.tools else ())
+        try:
+            async for _ in self.engine.stack.lm.stream(messages, options):
+                pass
+        except Exception as exc:  # only an optimisation: a failure must not reach the caller
+            log.debug("session %s: LM prefill failed: %s", self.id, exc)
+
     def _generate(self, effect: ctl.Generate) -> None:
+        if self._prefill is not None and not self._prefill.done():
+            self._prefill.cancel()  # a real generation needs the LM now; it keeps what was prefilled so far
         existing = self._responses.get(effect.gen_id)
         if existing is not None:
             existing.resume(effect.messages)
@@ -322,6 +337,10 @@ class Session:
             case SpeechStart(at_ms=at_ms, sample=sample):
                 self._post(lambda now: self.controller.speech_started(at_ms, sample))
             case SpeechStop(speech_end_ms=end_ms, sample=sample):
+                if self.settings.speculation and self.listener.turn_open:
+                    # Speculative work starts here: the tokenizer's final pass over the turn so far, which the
+                    # draft and the end of turn reuse if no more speech comes (wasted CPU if it does).
+                    self.listener.final_pass(sample)
                 self._post(lambda now: self.controller.speech_stopped(now, end_ms, sample))
             case Hypothesis(text=text):
                 self._post(lambda now: self._hypothesis(text))
