@@ -120,8 +120,12 @@ class EmbeddedStackConfig:
     lm: Literal["qwen2.5-0.5b", "smollm2-135m"] = "qwen2.5-0.5b"
     asr: Literal["whisper-base", "whisper-tiny.en"] = "whisper-base"
     language: str = "en"
-    # The tokenizer stage transcribes the running turn every time this much new speech has arrived.
+    # The tokenizer stage transcribes the running turn every time this much new speech has arrived (0 = only at
+    # pauses; the live transcript then appears once per pause).
     asr_segment_ms: int = 1000
+    # Shortest Whisper encoder window, seconds (Whisper's own is 30). 5 s costs ~1/5 of 30 s per pass with the
+    # same words on short turns (measured; see models/embedded/whisper.py); longer turns get a longer window.
+    asr_window_s: float = 5.0
     asr_threads: int = 2
     lm_threads: int = 2
     lm_context: int = 2048

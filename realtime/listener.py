@@ -126,7 +126,8 @@ class Listener:
         self._vad: VadStream = vad.open_stream()
         self._window = vad.frame_samples
         self._tokenizer: TokenizerStream = tokenizer.open_stream()
-        self._segment_samples = max(1, tokenizer.segment_ms * ENGINE_RATE // 1000)
+        # 0 = no passes while speaking (the tokenizer works only at pauses).
+        self._segment_samples = tokenizer.segment_ms * ENGINE_RATE // 1000
         self._vad_executor = vad_executor
         self._asr_executor = asr_executor
         self._post = post
@@ -184,6 +185,7 @@ class Listener:
             loop = asyncio.get_running_loop()
             fut = loop.run_in_executor(self._asr_executor, self._tokenizer.finalize, audio)
             self._passes[end_sample] = fut
+            log.debug("final pass over %d samples up to %d", audio.size, end_sample)
         return fut
 
     async def close(self) -> None:
@@ -256,7 +258,7 @@ class Listener:
 
     def _maybe_segment(self) -> None:
         # The fixed-segment pass: while the user speaks, hand the tokenizer each completed segment of the turn.
-        if self._turn_start is None or self._audio.end < self._next_segment:
+        if self._turn_start is None or not self._segment_samples or self._audio.end < self._next_segment:
             return
         if self._segment_task is not None and not self._segment_task.done():
             return  # the previous pass is still running; the next one will cover this segment too
