@@ -5,10 +5,13 @@
 const $ = (id) => document.getElementById(id);
 const parley = (window.parley = {
   events: [], state: "idle", remoteLevelMax: 0, remoteSpeechFrames: 0, turns: [], sessionId: null,
+  // From WebRTC statistics: what was received and decoded, whether or not this machine can play sound.
+  inboundAudioEnergy: 0, inboundPackets: 0,
 });
 let pc = null;
 let channel = null;
 let meterTimer = null;
+let audioCtx = null; // created in the Call click: browsers (Firefox) keep contexts made later suspended
 const items = new Map(); // item_id / response_id -> <li>
 
 const STATES = {
@@ -113,12 +116,13 @@ function addLatency(m) {
 
 function watchRemote(stream) {
   // An analyser on the reply audio: drives the meter, and lets a test check that audio really arrived.
-  const ctx = new AudioContext();
-  const analyser = ctx.createAnalyser();
+  const analyser = audioCtx.createAnalyser();
   analyser.fftSize = 1024;
-  ctx.createMediaStreamSource(stream).connect(analyser);
+  audioCtx.createMediaStreamSource(stream).connect(analyser);
   const buf = new Float32Array(analyser.fftSize);
+  let tick = 0;
   meterTimer = setInterval(() => {
+    if (++tick % 10 === 0 && pc) readStats(pc);
     analyser.getFloatTimeDomainData(buf);
     let sum = 0;
     for (const x of buf) sum += x * x;
@@ -127,6 +131,15 @@ function watchRemote(stream) {
     if (rms > 0.01) parley.remoteSpeechFrames += 1;
     $("level").style.width = `${Math.min(100, rms * 400)}%`;
   }, 20);
+}
+
+async function readStats(conn) {
+  (await conn.getStats()).forEach((r) => {
+    if (r.type === "inbound-rtp" && r.kind === "audio") {
+      parley.inboundAudioEnergy = r.totalAudioEnergy || 0;
+      parley.inboundPackets = r.packetsReceived || 0;
+    }
+  });
 }
 
 function waitForIce(conn, timeoutMs) {
@@ -152,6 +165,8 @@ async function call() {
   showError("");
   $("call").disabled = true;
   setState("connecting");
+  if (!audioCtx) audioCtx = new AudioContext();
+  audioCtx.resume();
   try {
     const mic = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
