@@ -141,11 +141,55 @@ class Received:
         return len(sel), late
 
 
-class ParleyCall:
+class EventLog:
+    """Server events with their arrival times (monotonic seconds), and waiting for one of them."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self._changed = asyncio.Event()
+
+    def record(self, event: dict[str, Any]) -> None:
+        self.events.append((time.monotonic(), event))
+        self.changed()
+
+    def changed(self) -> None:
+        """Wake whoever waits on this call's state (an event arrived, the stream closed, ...)."""
+        self._changed.set()
+
+    async def wait_changed(self, timeout: float) -> None:
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), max(0.0, timeout))
+        except TimeoutError:
+            pass
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for _, e in self.events if e.get("type") == kind]
+
+    def first_time(self, kind: str, after: float = 0.0) -> float | None:
+        return next((t for t, e in self.events if e.get("type") == kind and t >= after), None)
+
+    async def wait_for(self, kind: str, timeout: float = 30.0, after: float = 0.0,
+                       where: Any = None) -> dict[str, Any]:
+        """The first event of `kind` that arrived at or after `after` (monotonic s) and matches `where`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for t, e in self.events:
+                if e.get("type") == kind and t >= after and (where is None or where(e)):
+                    return e
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                seen = [e.get("type") for _, e in self.events[-12:]]
+                raise TimeoutError(f"no {kind} within {timeout:.0f} s; last events: {seen}")
+            await self.wait_changed(remaining)
+
+
+class ParleyCall(EventLog):
     """One call to a Parley server over WebRTC (loopback)."""
 
     def __init__(self, url: str, session: dict[str, Any] | None = None, keep_audio: bool = True) -> None:
         # aioice leaves loopback out of host candidates: in a loopback-only namespace a caller would have none.
+        super().__init__()
         ice.install(IceConfig())
         self.url = url.rstrip("/")
         self.overrides = session or {}
@@ -153,13 +197,10 @@ class ParleyCall:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.mic = MicTrack()
         self.received = Received()
-        self.events: list[tuple[float, dict[str, Any]]] = []
         self.session_id: str | None = None
         self.server_clock_origin: float | None = None
-        self._event_cond = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._opened = asyncio.Event()
-        self._notifies: set[asyncio.Future[None]] = set()
         self.channel = self.pc.createDataChannel("events")
 
     async def connect(self, timeout: float = 20.0) -> None:
@@ -173,12 +214,9 @@ class ParleyCall:
         @self.channel.on("message")
         def on_message(message: str | bytes) -> None:
             event = json.loads(message)
-            self.events.append((time.monotonic(), event))
             if event.get("type") == "session.created":
                 self.server_clock_origin = event["session"].get("clock", {}).get("monotonic_origin_s")
-            task = asyncio.ensure_future(self._notify())
-            self._notifies.add(task)
-            task.add_done_callback(self._notifies.discard)
+            self.record(event)
 
         @self.channel.on("open")
         def on_open() -> None:
@@ -213,10 +251,6 @@ class ParleyCall:
         except MediaStreamError:
             return
 
-    async def _notify(self) -> None:
-        async with self._event_cond:
-            self._event_cond.notify_all()
-
     def send(self, event: dict[str, Any]) -> None:
         self.channel.send(json.dumps(event))
 
@@ -230,35 +264,6 @@ class ParleyCall:
         self.play(samples, rate, marks)
         while not self.mic.idle:  # noqa: ASYNC110 - the track drains on its own 20 ms clock
             await asyncio.sleep(0.01)
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [e for _, e in self.events if e.get("type") == kind]
-
-    def first_time(self, kind: str, after: float = 0.0) -> float | None:
-        return next((t for t, e in self.events if e.get("type") == kind and t >= after), None)
-
-    async def wait_for(self, kind: str, timeout: float = 30.0, after: float = 0.0,
-                       where: Any = None) -> dict[str, Any]:
-        """The first event of `kind` that arrived at or after `after` (monotonic s) and matches `where`."""
-        deadline = time.monotonic() + timeout
-
-        def find() -> dict[str, Any] | None:
-            for t, e in self.events:
-                if e.get("type") == kind and t >= after and (where is None or where(e)):
-                    return e
-            return None
-
-        async with self._event_cond:
-            while (found := find()) is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    seen = [e.get("type") for _, e in self.events[-12:]]
-                    raise TimeoutError(f"no {kind} within {timeout:.0f} s; last events: {seen}")
-                try:
-                    await asyncio.wait_for(self._event_cond.wait(), remaining)
-                except TimeoutError:
-                    continue
-            return found
 
     def server_time(self, session_ms: float) -> float:
         """A server session timestamp (ms) on this machine's monotonic clock (same host only)."""

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from benchmarks.client import Received
+from benchmarks.client import EventLog, Received
 from benchmarks.sipp_media import to_8k
 from realtime.transports import g711
 from realtime.transports.phone import FRAME_SAMPLES, FrameClock
@@ -29,11 +29,12 @@ from realtime.transports.phone import FRAME_SAMPLES, FrameClock
 RATE = g711.RATE
 
 
-class TwilioCall:
+class TwilioCall(EventLog):
     """One Media Streams call to a Parley server; `to` selects the per-number session settings."""
 
     def __init__(self, url: str, to: str = "", from_: str = "+15550000000", keep_audio: bool = True,
                  echo_marks: bool = True) -> None:
+        super().__init__()
         self.url = url.rstrip("/")
         self.to = to
         self.from_ = from_
@@ -42,7 +43,6 @@ class TwilioCall:
         self.call_sid = "CA" + secrets.token_hex(16)
         self.stream_sid = "MZ" + secrets.token_hex(16)
         self.received = Received()
-        self.events: list[tuple[float, dict[str, Any]]] = []
         self.messages: list[tuple[float, dict[str, Any]]] = []  # every Media Streams message Parley sent
         self.mark_times: dict[str, float] = {}  # play() marks: when that sample went out
         self.echoed_marks: list[str] = []  # Parley's marks, in the order the phone echoed them
@@ -58,7 +58,6 @@ class TwilioCall:
         self._mic_queued = 0
         self._mic_sent = 0
         self._speaker: deque[np.ndarray | str] = deque()  # reply frames and mark names, in arrival order
-        self._cond = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._receiver: asyncio.Task[None] | None = None
         self._seq = 0
@@ -174,9 +173,9 @@ class TwilioCall:
                 self._speaker.clear()
                 for name in pending:
                     await self._echo_mark(name)
-            await self._notify()
+            self.changed()
         self.close_code = self._ws.close_code
-        await self._notify()
+        self.changed()
 
     async def _speaker_loop(self) -> None:
         """Plays buffered reply audio in real time and echoes marks as the audio before them finishes."""
@@ -203,57 +202,19 @@ class TwilioCall:
         async for msg in self._tap:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 break
-            self.events.append((time.monotonic(), json.loads(msg.data)))
-            await self._notify()
-
-    async def _notify(self) -> None:
-        async with self._cond:
-            self._cond.notify_all()
+            self.record(json.loads(msg.data))
 
     # --- queries (as ParleyCall) -------------------------------------------------------------------------------
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [e for _, e in self.events if e.get("type") == kind]
-
-    def first_time(self, kind: str, after: float = 0.0) -> float | None:
-        return next((t for t, e in self.events if e.get("type") == kind and t >= after), None)
 
     def sent(self, kind: str) -> list[tuple[float, dict[str, Any]]]:
         """Media Streams messages of one kind Parley sent (media, mark, clear), with arrival times."""
         return [(t, m) for t, m in self.messages if m.get("event") == kind]
 
-    async def wait_for(self, kind: str, timeout: float = 30.0, after: float = 0.0,
-                       where: Any = None) -> dict[str, Any]:
-        """The first tapped event of `kind` at or after `after` (monotonic s) that matches `where`."""
-        deadline = time.monotonic() + timeout
-
-        def find() -> dict[str, Any] | None:
-            for t, e in self.events:
-                if e.get("type") == kind and t >= after and (where is None or where(e)):
-                    return e
-            return None
-
-        async with self._cond:
-            while (found := find()) is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    seen = [e.get("type") for _, e in self.events[-12:]]
-                    raise TimeoutError(f"no {kind} within {timeout:.0f} s; last events: {seen}")
-                try:
-                    await asyncio.wait_for(self._cond.wait(), remaining)
-                except TimeoutError:
-                    continue
-            return found
-
     async def wait_closed(self, timeout: float = 10.0) -> int | None:
         """Until Parley closes the stream; its WebSocket close code."""
         deadline = time.monotonic() + timeout
-        async with self._cond:
-            while self.close_code is None and time.monotonic() < deadline:
-                try:
-                    await asyncio.wait_for(self._cond.wait(), deadline - time.monotonic())
-                except TimeoutError:
-                    break
+        while self.close_code is None and time.monotonic() < deadline:
+            await self.wait_changed(deadline - time.monotonic())
         return self.close_code
 
     def server_time(self, session_ms: float) -> float:

@@ -9,9 +9,7 @@ held for a whole stream; interleaving two sessions token by token would thrash t
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +17,9 @@ from typing import Any
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from models.interfaces import GenerationOptions, LMDelta, Message, ToolCall
+from models.interfaces import GenerationOptions, LMDelta, Message
 from models.threaded import iterate_in_thread, stage_executor
-
-TOOL_OPEN = "<tool_call>"
-TOOL_CLOSE = "</tool_call>"
+from models.tool_text import TAG_CLOSE, TAG_OPEN, parse_text_call
 
 
 def message_dict(m: Message) -> dict[str, Any]:
@@ -60,24 +56,6 @@ def tool_results_as_notes(messages: Sequence[Message]) -> list[Message]:
         else:
             out.append(m)
     return out
-
-
-def parse_tool_call(body: str) -> ToolCall | None:
-    """`{"name": ..., "arguments": {...}}` as Qwen-style templates emit it between <tool_call> tags."""
-    try:
-        data = json.loads(body.strip())
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        return None
-    args = data.get("arguments", {})
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            args = {}
-    arguments = args if isinstance(args, dict) else {}
-    return ToolCall(id=f"call_{uuid.uuid4().hex[:12]}", name=data["name"], arguments=arguments)
 
 
 class LlamaLM:
@@ -125,6 +103,7 @@ class LlamaLM:
         room = self.llm.n_ctx() - len(tokens)
         if room < 8:
             raise RuntimeError(f"prompt of {len(tokens)} tokens leaves no room in a {self.llm.n_ctx()}-token context")
+        known = {t.name for t in options.tools}
         pending = b""
         in_tool = False
         tool_body = ""
@@ -143,11 +122,11 @@ class LlamaLM:
             except UnicodeDecodeError:
                 continue  # a multi-byte character split across tokens
             pending = b""
-            if piece == TOOL_OPEN:
+            if piece == TAG_OPEN:
                 in_tool, tool_body = True, ""
-            elif piece == TOOL_CLOSE and in_tool:
+            elif piece == TAG_CLOSE and in_tool:
                 in_tool = False
-                call = parse_tool_call(tool_body)
+                call = parse_text_call(tool_body, known)
                 if call is not None:
                     yield LMDelta(tool_call=call)
                     return  # generation resumes with the tool's result in a new prompt
@@ -164,7 +143,7 @@ class LlamaLM:
             elif piece:
                 yield LMDelta(text=piece)
         if in_tool or bare_json:
-            call = parse_tool_call(tool_body if in_tool else lead)
+            call = parse_text_call(tool_body if in_tool else lead, known)
             if call is not None:
                 yield LMDelta(tool_call=call)
             elif bare_json:

@@ -9,17 +9,13 @@ without --enable-auto-tool-choice) stream the call as content instead; `parse_te
 from __future__ import annotations
 
 import json
-import logging
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from models.interfaces import ToolCall
+from models.tool_text import TAG_OPEN, new_call_id, parse_arguments, parse_text_call
 
-log = logging.getLogger(__name__)
-
-TAG_OPEN = "<tool_call>"
-TAG_CLOSE = "</tool_call>"
+__all__ = ["ToolCallAccumulator", "may_be_text_call", "parse_text_call"]
 
 
 @dataclass
@@ -62,23 +58,6 @@ class ToolCallAccumulator:
         return out
 
 
-def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:12]}"
-
-
-def parse_arguments(text: str) -> dict[str, Any]:
-    if not text.strip():
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        log.warning("tool call arguments are not JSON: %.200s", text)
-        return {}
-    if isinstance(value, str):  # double-encoded by some templates
-        return parse_arguments(value)
-    return value if isinstance(value, dict) else {}
-
-
 def may_be_text_call(prefix: str) -> bool | None:
     """Whether content starting with `prefix` is a call written as text; None while it cannot tell yet."""
     head = prefix.lstrip()
@@ -89,22 +68,3 @@ def may_be_text_call(prefix: str) -> bool | None:
     if TAG_OPEN.startswith(head[: len(TAG_OPEN)]):
         return True if len(head) >= len(TAG_OPEN) else None
     return False
-
-
-def parse_text_call(text: str, known: set[str]) -> ToolCall | None:
-    """`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` or the bare JSON, naming a known tool."""
-    body = text.strip()
-    if body.startswith(TAG_OPEN):
-        body = body[len(TAG_OPEN):]
-        body = body.split(TAG_CLOSE, 1)[0]
-    try:
-        data = json.loads(body.strip())
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        return None
-    if known and data["name"] not in known:
-        return None
-    raw = data.get("arguments", data.get("parameters", {}))
-    arguments = parse_arguments(raw) if isinstance(raw, str) else raw if isinstance(raw, dict) else {}
-    return ToolCall(id=new_call_id(), name=data["name"], arguments=arguments)
