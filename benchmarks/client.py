@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
@@ -25,6 +26,8 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from realtime.audio import Resampler, to_int16
+from realtime.config import IceConfig
+from realtime.transports import ice
 from realtime.transports.aiortc_tuning import tune_receiver
 
 RATE = 48000
@@ -112,6 +115,8 @@ class Received:
     times: list[float] = field(default_factory=list)
     levels: list[float] = field(default_factory=list)
     chunks: list[np.ndarray] = field(default_factory=list)
+    # Media timestamps (48 kHz samples, from RTP): where each frame belongs on the sender's clock, for pacing.
+    pts: list[int] = field(default_factory=list)
 
     def onset_after(self, t: float, dbfs: float = SPEECH_DBFS) -> float | None:
         for at, level in zip(self.times, self.levels, strict=True):
@@ -139,6 +144,16 @@ class Received:
         return len(sel), late
 
 
+def client_ice_config(url: str) -> IceConfig:
+    """Gather on loopback only for a loopback server (fewer pairs, faster ICE), on every interface otherwise."""
+    host = urlsplit(url).hostname or ""
+    if host in ("127.0.0.1", "localhost"):
+        return IceConfig(addresses=["127.0.0.1"], use_ipv6=False)
+    if host == "::1":
+        return IceConfig(addresses=["::1"])
+    return IceConfig()
+
+
 class ParleyCall:
     """One call to a Parley server over WebRTC (loopback)."""
 
@@ -159,6 +174,8 @@ class ParleyCall:
         self.channel = self.pc.createDataChannel("events")
 
     async def connect(self, timeout: float = 20.0) -> None:
+        # aioice leaves loopback out of host candidates: a caller in a loopback-only namespace would have none.
+        ice.install(client_ice_config(self.url))
         pc = self.pc
         pc.addTrack(self.mic)
 
@@ -204,6 +221,7 @@ class ParleyCall:
                 level = 20.0 * np.log10(max(float(np.sqrt(np.mean(pcm * pcm))), 1e-6))
                 self.received.times.append(now)
                 self.received.levels.append(level)
+                self.received.pts.append(int(frame.pts or 0))
                 if self.keep_audio:
                     self.received.chunks.append(pcm)
         except MediaStreamError:
