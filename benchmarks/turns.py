@@ -105,8 +105,8 @@ def _analyse_turn(rec: CallRecord, turn: TurnPlay, origin: float, late_ms: float
     chunk = st(m.get("first_audio_ready_ms"))
     wire = st(m.get("first_audio_out_ms"))
     points = [t0, speech_end, decision]
-    for t in (ready, token, chunk, wire):
-        points.append(max(points[-1], t if t is not None else points[-1]))
+    for stamp in (ready, token, chunk, wire):
+        points.append(max(points[-1], stamp if stamp is not None else points[-1]))
     points.append(onset)
     stages = {name: round((b - a) * 1000.0, 1) for name, (a, b) in zip(STAGES, itertools.pairwise(points), strict=True)}
     release = max(chunk, decision) if chunk is not None else None
