@@ -25,6 +25,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
+from benchmarks.wire import WireLog, watch_receiver
 from realtime.audio import Resampler, to_int16
 from realtime.config import IceConfig
 from realtime.transports import ice
@@ -164,6 +165,7 @@ class ParleyCall:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.mic = MicTrack()
         self.received = Received()
+        self.wire = WireLog()  # reply packets' send and arrival times (RTP/RTCP), independent of their content
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.session_id: str | None = None
         self.server_clock_origin: float | None = None
@@ -200,6 +202,8 @@ class ParleyCall:
         await pc.setLocalDescription(await pc.createOffer())
         for transceiver in pc.getTransceivers():
             tune_receiver(transceiver.receiver, 0)
+            if transceiver.kind == "audio":
+                watch_receiver(transceiver.receiver, self.wire)
         async with aiohttp.ClientSession() as http:
             body = {"sdp": pc.localDescription.sdp, "type": "offer", "session": self.overrides}
             async with http.post(f"{self.url}/offer", json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as r:

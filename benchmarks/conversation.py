@@ -16,6 +16,7 @@ from typing import Any
 from benchmarks.client import RATE, Received
 from benchmarks.scenarios import Scenario
 from benchmarks.transports import Caller
+from benchmarks.wire import WireLog
 
 # A call whose audio stopped for this long is dead: the server sends a frame every 20 ms, silence included.
 DEAD_AFTER_S = 3.0
@@ -41,6 +42,7 @@ class CallRecord:
     turns: list[TurnPlay] = field(default_factory=list)
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     received: Received = field(default_factory=Received)
+    wire: WireLog | None = None  # RTP/RTCP timing, when the caller keeps it (WebRTC)
     server_clock_origin: float | None = None
     session_id: str | None = None
     connect_ms: float | None = None
@@ -81,6 +83,7 @@ async def play_scenario(call: Caller, scenario: Scenario, record: CallRecord, re
             pass
         record.events = list(call.events)
         record.received = call.received
+        record.wire = getattr(call, "wire", None)
     return record
 
 

@@ -32,7 +32,7 @@ from benchmarks.profiler import PySpy
 from benchmarks.report import write_report
 from benchmarks.runinfo import LoopProbe, git_commit, load_average, machine
 from benchmarks.scenarios import Scenario, ScenarioError, load_scenarios
-from benchmarks.summary import summarize_arm
+from benchmarks.summary import percentiles, summarize_arm
 from benchmarks.transports import TRANSPORTS, TransportError, make_caller
 from benchmarks.turns import analyse_call, call_pacing
 
@@ -227,7 +227,8 @@ async def drive(args: argparse.Namespace, arms: list[Arm], scenarios: list[Scena
         turns = [{"arm": arm.name, **t} for r in mine for t in analyse_call(r)]
         calls = [{"scenario": r.scenario, "session": r.session, "session_id": r.session_id, "error": r.error,
                   "connect_ms": None if r.connect_ms is None else round(r.connect_ms, 1),
-                  "pacing": call_pacing(r) if r.received.times else None} for r in mine]
+                  "pacing": call_pacing(r) if r.received.times else None,
+                  "wire_transit_ms": percentiles(r.wire.transit_ms(), (50, 99)) if r.wire else None} for r in mine]
         report_arms[arm.name] = {"overrides": arm.overrides, "turns": turns, "calls": calls,
                                  "summary": summarize_arm(turns, calls)}
     return {

@@ -72,18 +72,23 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Engine-added latency (issue 4 definitions)",
         "",
-        "| arm | inbound p50 | inbound p95 | outbound p50 | outbound p95 |",
-        "|---|---|---|---|---|",
+        "| arm | inbound p50 | inbound p95 | outbound p50 | outbound p95 | to first audible p50 | p95 "
+        "| packet transit p99 (worst call) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, arm in arms.items():
         s = arm["summary"]
-        i, o = s["engine_inbound_ms"], s["engine_outbound_ms"]
+        i, o, a = s["engine_inbound_ms"], s["engine_outbound_ms"], s["outbound_audible_ms"]
         lines.append(f"| {name} | {_fmt(i['p50'], 1)} | {_fmt(i['p95'], 1)} | {_fmt(o['p50'], 1)} "
-                     f"| {_fmt(o['p95'], 1)} |")
+                     f"| {_fmt(o['p95'], 1)} | {_fmt(a['p50'], 1)} | {_fmt(a['p95'], 1)} "
+                     f"| {_fmt(s['wire_transit_p99_ms'], 1)} |")
     lines += [
         "",
         "inbound = last speech frame sent by the client → end-of-turn decision − end_of_turn_ms; outbound = first "
-        "decoder chunk ready (released, for a held draft) → that audio received by the client.",
+        "decoder chunk ready (released, for a held draft) → the packet carrying its first sample received by the "
+        "client (found from RTP timestamps and RTCP sender reports, so silence at the chunk's start does not count); "
+        "*to first audible* also counts that silence. *packet transit*: arrival − nominal send time of every reply "
+        "packet, so sender lateness shows here.",
         "",
         "## Where the time goes (median per stage, ms)",
         "",

@@ -46,6 +46,11 @@ def summarize_arm(turns: list[dict[str, Any]], calls: list[dict[str, Any]]) -> d
         "reply_late_frames": sum(t["pacing"]["late"] for t in ok if t.get("pacing")),
         "engine_inbound_ms": percentiles((t.get("engine_inbound_ms") for t in ok), (50, 95)),
         "engine_outbound_ms": percentiles((t.get("engine_outbound_ms") for t in ok), (50, 95)),
+        # Outbound up to the first *audible* frame: adds whatever silence the decoder put before the speech.
+        "outbound_audible_ms": percentiles((t.get("outbound_audible_ms") for t in ok), (50, 95)),
+        "wire_transit_p99_ms": max((c["wire_transit_ms"]["p99"] for c in calls
+                                    if c.get("wire_transit_ms") and c["wire_transit_ms"]["p99"] is not None),
+                                   default=None),
         "stages_ms": {s: percentiles((t["stages_ms"][s] for t in ok), (50, 90))["p50"] for s in STAGES},
         "vad_stop_ms": percentiles((t.get("vad_stop_ms") for t in ok), (50, 90)),
         "asr_ms": percentiles((t.get("asr_ms") for t in ok), (50, 90)),

@@ -110,6 +110,7 @@ def _analyse_turn(rec: CallRecord, turn: TurnPlay, origin: float, late_ms: float
     points.append(onset)
     stages = {name: round((b - a) * 1000.0, 1) for name, (a, b) in zip(STAGES, itertools.pairwise(points), strict=True)}
     release = max(chunk, decision) if chunk is not None else None
+    outbound = _outbound_ms(rec, release, wire, audible)
     reply_end = rec.received.last_speech_before(min(window_end, done_t + 0.5)) or onset
     pace = pacing(rec.received.times, rec.received.pts, onset, reply_end + 0.02, late_ms)
     stopped = next((t for t, e in rec.events if e.get("type") == "input_audio_buffer.speech_stopped"
@@ -123,7 +124,8 @@ def _analyse_turn(rec: CallRecord, turn: TurnPlay, origin: float, late_ms: float
         "stages_ms": stages,
         "decision_source": decision_source,
         "engine_inbound_ms": round((decision - t0 - end_of_turn_s) * 1000.0, 1),
-        "engine_outbound_ms": round((audible - release) * 1000.0, 1) if audible and release else None,
+        "engine_outbound_ms": outbound,
+        "outbound_audible_ms": _ms(release, audible),
         "vad_stop_ms": round((stopped - t0) * 1000.0, 1) if stopped is not None else None,
         "asr_ms": _ms(asr_from, ready),
         "lm_first_token_ms": _ms(ready, token),
@@ -137,6 +139,21 @@ def _analyse_turn(rec: CallRecord, turn: TurnPlay, origin: float, late_ms: float
 def call_pacing(rec: CallRecord, late_ms: float = LATE_MS) -> dict[str, float | int]:
     """Pacing of every frame the call received, silence included (the stream must never stall)."""
     return pacing(rec.received.times, rec.received.pts, late_ms=late_ms).as_dict()
+
+
+def _outbound_ms(rec: CallRecord, release: float | None, wire: float | None, audible: float | None) -> float | None:
+    """Decoder chunk ready (or released) → the packet carrying its first sample arrived at the client.
+
+    The packet is found by time, not content, so silence the decoder put at the chunk's start does not count.
+    Without RTP/RTCP timing (another transport) it falls back to the first audible frame.
+    """
+    if release is None:
+        return None
+    if rec.wire is not None and wire is not None:
+        sent = rec.wire.packet_sent_at(wire, not_before=release)
+        if sent is not None:
+            return round((sent[1] - release) * 1000.0, 1)
+    return _ms(release, audible)
 
 
 def _ms(a: float | None, b: float | None) -> float | None:
