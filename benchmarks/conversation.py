@@ -52,8 +52,13 @@ class CallRecord:
 
 
 async def play_scenario(call: Caller, scenario: Scenario, record: CallRecord, reply_timeout: float,
-                        connect_timeout: float = 30.0, on_turn: Any = None) -> CallRecord:
-    """Connect, play every turn, hang up; failures end up in `record.error` / a turn's `error`, never raised."""
+                        connect_timeout: float = 30.0, on_turn: Any = None, start_at: float | None = None,
+                        until: float | None = None) -> CallRecord:
+    """Connect, play every turn, hang up; failures end up in `record.error` / a turn's `error`, never raised.
+
+    `start_at` holds the first turn until that monotonic time (calls of a load test speak only once all are
+    connected); no turn starts after `until` (a load test's end), and turns not played are dropped.
+    """
     record.turns = [TurnPlay(i, t.transcript) for i, t in enumerate(scenario.turns)]
     t0 = time.monotonic()
     try:
@@ -61,7 +66,12 @@ async def play_scenario(call: Caller, scenario: Scenario, record: CallRecord, re
         record.connect_ms = (time.monotonic() - t0) * 1000.0
         record.session_id = call.session_id
         record.start_t = time.monotonic()
+        if start_at is not None:
+            await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         for turn, play in zip(scenario.turns, record.turns, strict=True):
+            if until is not None and time.monotonic() >= until:
+                record.turns = record.turns[: play.index]
+                break
             await _play_turn(call, turn.render(), turn.after_ms, play, reply_timeout)
             if on_turn is not None:
                 on_turn(play)
