@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ScenarioError) as exc:
         print(f"benchmarks.latency: {exc}", file=sys.stderr)
         return 2
+    if args.profile and PySpy.executable() is None:
+        print("benchmarks.latency: --profile needs py-spy (pip install py-spy)", file=sys.stderr)
+        return 2
     out = args.out or Path("bench-out") / f"latency-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
