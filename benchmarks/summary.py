@@ -58,6 +58,7 @@ def summarize_arm(turns: list[dict[str, Any]], calls: list[dict[str, Any]]) -> d
         "decoder_first_chunk_ms": percentiles((t.get("decoder_first_chunk_ms") for t in ok), (50, 90)),
         "to_wire_ms": percentiles((t.get("to_wire_ms") for t in ok), (50, 90)),
         "reply_ms": percentiles((t.get("reply_ms") for t in ok), (50, 90)),
+        "draft_timer_late_ms": percentiles((t.get("draft_timer_late_ms") for t in ok), (50, 99)),
         "false_turn_ends": sum(t.get("false_turn_ends", 0) for t in turns),
         "sessions": len(calls),
         "failed_sessions": sum(1 for c in calls if c.get("error")),

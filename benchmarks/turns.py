@@ -115,6 +115,10 @@ def _analyse_turn(rec: CallRecord, turn: TurnPlay, origin: float, late_ms: float
     pace = pacing(rec.received.times, rec.received.pts, onset, reply_end + 0.02, late_ms)
     stopped = next((t for t, e in rec.events if e.get("type") == "input_audio_buffer.speech_stopped"
                     and t >= turn.last_speech_start_t), None)
+    # How late the speculation timer fired: the controller's own clock, so this is event-loop/inbox delay.
+    timer_late = [e["silence_ms"] - m["speculate_after_ms"] for t, e in rec.events
+                  if e.get("type") == "speculation.started" and turn.start_t <= t < window_end
+                  and e.get("silence_ms") is not None and m.get("speculate_after_ms") is not None]
     draft_start = st(m.get("draft_start_ms"))
     asr_from = draft_start if m.get("speculative") and draft_start is not None else decision
     record.update({
@@ -132,6 +136,7 @@ def _analyse_turn(rec: CallRecord, turn: TurnPlay, origin: float, late_ms: float
         "decoder_first_chunk_ms": _ms(token, chunk),
         "to_wire_ms": _ms(release, wire),
         "pacing": pace.as_dict(),
+        "draft_timer_late_ms": round(max(timer_late), 1) if timer_late else None,
     })
     return record
 

@@ -33,9 +33,10 @@ class WireLog:
     wall_minus_mono: float = field(default_factory=lambda: time.time() - time.monotonic())
 
     def _unwrap(self, ts: int) -> int:
-        # Distances from the first packet, modulo 2^32, assuming calls shorter than ~12 h at 48 kHz.
-        first = self.arrivals[0][1]
-        return (ts - first) % (1 << 32)
+        # Signed distance from the first packet received, modulo 2^32: a sender report may describe a packet sent
+        # before that one (lost while the connection came up), which must come out negative, not ~2^32.
+        d = (ts - self.arrivals[0][1]) % (1 << 32)
+        return d - (1 << 32) if d >= (1 << 31) else d
 
     def anchor(self) -> float | None:
         """Client-monotonic nominal send time of the first packet (the best-paced report's view)."""
