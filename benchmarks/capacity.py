@@ -243,7 +243,7 @@ async def _client(url: str, n: int, index: int, scenarios: list[Scenario], start
         first = rng.randrange(len(turns))
         rotated = Scenario(f"load-{index}-{k}", tuple(turns[first:] + turns[:first]) * 3)
         record = CallRecord("load", rotated.name, index * 1000 + k, overrides)
-        call = ParleyCall(url, session=overrides, keep_audio=False)
+        call = ParleyCall(url, session=overrides, keep_audio=False, preencoded=True)
         await play_scenario(call, rotated, record, reply_timeout=15.0, start_at=start_at + rng.uniform(0, 1.5),
                             until=end_at)
         pace = pacing(record.received.times, record.received.pts, start_at, end_at, late_ms)

@@ -25,6 +25,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
+from benchmarks.opus_mic import OpusMic
 from benchmarks.wire import WireLog, watch_receiver
 from realtime.audio import Resampler, to_int16
 from realtime.config import IceConfig
@@ -158,12 +159,14 @@ def client_ice_config(url: str) -> IceConfig:
 class ParleyCall:
     """One call to a Parley server over WebRTC (loopback)."""
 
-    def __init__(self, url: str, session: dict[str, Any] | None = None, keep_audio: bool = True) -> None:
+    def __init__(self, url: str, session: dict[str, Any] | None = None, keep_audio: bool = True,
+                 preencoded: bool = False) -> None:
+        """`preencoded`: send Opus encoded once per distinct clip (benchmarks.opus_mic), for load generators."""
         self.url = url.rstrip("/")
         self.overrides = session or {}
         self.keep_audio = keep_audio
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.mic = MicTrack()
+        self.mic: MicTrack | OpusMic = OpusMic() if preencoded else MicTrack()
         self.received = Received()
         self.wire = WireLog()  # reply packets' send and arrival times (RTP/RTCP), independent of their content
         self.events: list[tuple[float, dict[str, Any]]] = []

@@ -115,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reply-timeout", type=float, default=30.0, help="seconds a turn may wait for its reply")
     p.add_argument("--stagger-ms", type=int, default=700, help="start offset between concurrent sessions")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for a started server")
+    p.add_argument("--preencoded", action="store_true",
+                   help="WebRTC callers send Opus encoded once per clip (less client CPU with many sessions)")
     p.add_argument("--profile", action="store_true", help="record the server with py-spy (OUTDIR/profile-PID.txt)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -202,7 +204,7 @@ async def drive(args: argparse.Namespace, arms: list[Arm], scenarios: list[Scena
         await asyncio.sleep(index * args.stagger_ms / 1000.0)
         for job in plan:
             rec = CallRecord(job.arm.name, job.scenario.name, job.session, job.arm.overrides)
-            call = make_caller(args.transport, url, job.arm.overrides)
+            call = make_caller(args.transport, url, job.arm.overrides, preencoded=args.preencoded)
             records.append(await play_scenario(call, job.scenario, rec, args.reply_timeout, on_turn=on_turn))
             if rec.error:
                 bar.update(sum(1 for t in rec.turns if not t.speech_end_t))
@@ -214,10 +216,12 @@ async def drive(args: argparse.Namespace, arms: list[Arm], scenarios: list[Scena
     if profiler is not None:
         profiler.start()
     t0 = time.monotonic()
+    cpu0 = time.process_time()
     try:
         await asyncio.gather(*(session(plan, i) for i, plan in enumerate(plans)))
     finally:
         wall = time.monotonic() - t0
+        client_cpu = time.process_time() - cpu0
         profiles = profiler.stop() if profiler is not None else []
         await watch.finish()
         await probe.stop()
@@ -237,7 +241,8 @@ async def drive(args: argparse.Namespace, arms: list[Arm], scenarios: list[Scena
     return {
         "arms": report_arms,
         "wall_s": round(wall, 1),
-        "client": {"event_loop_lag_ms": probe.summary()},
+        "client": {"event_loop_lag_ms": probe.summary(), "cpu_s": round(client_cpu, 2),
+                   "cpu_per_session_core": round(client_cpu / session_seconds, 4) if session_seconds else None},
         "server": {
             "url": url,
             "process": watch.summary(session_seconds, args.sessions),

@@ -38,9 +38,10 @@ class TransportError(RuntimeError):
     pass
 
 
-def make_caller(transport: str, url: str, session: dict[str, Any], keep_audio: bool = False) -> Caller:
+def make_caller(transport: str, url: str, session: dict[str, Any], keep_audio: bool = False,
+                preencoded: bool = False) -> Caller:
     if transport == "webrtc":
-        return ParleyCall(url, session=session, keep_audio=keep_audio)
+        return ParleyCall(url, session=session, keep_audio=keep_audio, preencoded=preencoded)
     if transport == "twilio":
         cls = _twilio_class()
         caller: Caller = cls(url, session=session)
