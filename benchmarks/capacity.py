@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--session", action="append", default=[], metavar="KEY=VALUE", help="session override")
     p.add_argument("--latency-factor", type=float, default=1.5, help="latency mode: allowed median v2v ratio")
     p.add_argument("--late-ms", type=float, default=LATE_MS, help="a frame later than this is late")
+    p.add_argument("--max-late-ratio", type=float, default=0.0,
+                   help="frames mode: late frames tolerated per level (default 0: none; a shared machine's "
+                        "background load makes a few late frames at any level)")
     p.add_argument("--stop-after", type=int, default=2, help="stop after this many failing levels in a row")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -129,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {**info, "load_end": load_average()},
         "server": str(args.config or args.url),
         "workers": args.workers,
-        "criterion": (f"zero late frames (> {args.late_ms:g} ms) and no failed call" if args.mode == "frames"
+        "criterion": (f"late frames (> {args.late_ms:g} ms) at most {args.max_late_ratio:.2%} of frames and no "
+                      "failed call" if args.mode == "frames"
                       else f"median v2v within {args.latency_factor}x of {args.level_list[0]} session(s)"),
         "capacity": max(passed) if passed else 0,
+        "capacity_zero_late": max((r["level"] for r in levels if r.get("zero_late")), default=0),
         "first_failing_level": next((r["level"] for r in levels if not r["passed"]), None),
         "levels": levels,
     }
@@ -191,7 +196,8 @@ def frames_level(url: str, parent: int | None, level: int, scenarios: list[Scena
     v2v = [v for c in calls for v in c.get("v2v_ms", [])]
     return {
         "level": level,
-        "passed": late == 0 and failed == 0 and frames > 0,
+        "passed": failed == 0 and frames > 0 and late <= args.max_late_ratio * frames,
+        "zero_late": late == 0 and failed == 0 and frames > 0,
         "calls": len(calls),
         "failed_calls": failed,
         "errors": sorted({c["error"] for c in calls if c.get("error")})[:5],
@@ -300,7 +306,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- server: {report['server']}, workers {report['workers'] or 'as configured'}; criterion: "
         f"{report['criterion']}",
         f"- **capacity: {report['capacity']} concurrent calls**; first failing level: "
-        f"{report['first_failing_level']}",
+        f"{report['first_failing_level']}"
+        + (f"; with zero late frames: {report['capacity_zero_late']}" if report["mode"] == "frames" else ""),
         "",
     ]
     if report["mode"] == "frames":
