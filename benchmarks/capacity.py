@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=("frames", "latency"), default="frames")
     p.add_argument("--levels", default="4,8,12,16,20,24,28,32", help="concurrent call counts to try, ascending")
     p.add_argument("--scenarios", type=Path, default=DEFAULT_SCENARIOS, help="speech to play (default: corpus)")
+    p.add_argument("--limit", type=int, help="latency mode: play only the first N scenarios per session")
     p.add_argument("--duration", type=float, default=30.0, help="frames mode: seconds all calls talk per level")
     p.add_argument("--calls-per-client", type=int, default=CALLS_PER_CLIENT)
     p.add_argument("--session", action="append", default=[], metavar="KEY=VALUE", help="session override")
@@ -270,6 +271,7 @@ def latency_level(url: str, parent: int | None, level: int, scenarios: list[Scen
                   out: Path) -> dict[str, Any]:
     largs = latency_args(["--scenarios", str(args.scenarios), "--url", url, "--sessions", str(level),
                           "--no-progress", *[a for s in args.session for a in ("--session", s)]])
+    scenarios = scenarios[: args.limit]
     arms = parse_arms(None, args.session)
     report = asyncio.run(drive(largs, arms, scenarios, url, parent, out / f"level-{level}"))
     report.update({"date": datetime.now(UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),

@@ -109,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare", help="arms to interleave: a session key and its values, e.g. speculation=on,off")
     p.add_argument("--session", action="append", default=[], metavar="KEY=VALUE",
                    help="session override applied to every arm (repeatable)")
+    p.add_argument("--limit", type=int, help="play only the first N scenarios")
     p.add_argument("--repeat", type=int, default=1, help="play the scenarios this many times per session and arm")
     p.add_argument("--out", type=Path, help="output directory (default bench-out/latency-<time>)")
     p.add_argument("--transport", choices=TRANSPORTS, default="webrtc")
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.latency " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     try:
         arms = parse_arms(args.compare, args.session)
-        scenarios = load_scenarios(args.scenarios)
+        scenarios = load_scenarios(args.scenarios)[: args.limit]
     except (ValueError, ScenarioError) as exc:
         print(f"benchmarks.latency: {exc}", file=sys.stderr)
         return 2
