@@ -254,3 +254,41 @@ def test_harness_compares_speculation_on_the_embedded_stack(tmp_path: Path, tiny
     assert on["turns"][0]["ok"] and off["turns"][0]["ok"]
     assert on["summary"]["drafts"]["started"] >= 1 and off["summary"]["drafts"]["started"] == 0
     assert on["turns"][0]["reply_text"] and off["turns"][0]["reply_text"]
+
+
+def test_preencoded_mic_sends_the_clip_and_marks_its_frames() -> None:
+    from aiortc.codecs import get_decoder
+    from aiortc.jitterbuffer import JitterFrame
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from benchmarks.opus_mic import OpusMic, cached
+
+    tone = (0.3 * np.sin(np.arange(48000) * 2 * np.pi * 300 / 48000)).astype(np.float32)
+    packets = cached(tone)
+    assert len(packets) == 50 and cached(tone) is packets  # encoded once per clip
+    decoder = get_decoder(RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2))
+    pcm = np.concatenate([f.to_ndarray().reshape(-1, 2)[:, 0] for i, p in enumerate(packets)
+                          for f in decoder.decode(JitterFrame(data=p, timestamp=960 * i))]).astype(np.float32)
+    assert 20 * np.log10(np.sqrt(np.mean((pcm[4800:] / 32768.0) ** 2))) > -15  # the tone, not silence
+    mic = OpusMic()
+    mic.enqueue(tone, {"end": 47999, "start": 0})
+    assert mic._marks == [(1, "start"), (50, "end")]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_capacity_ramp_reports_each_level(tmp_path: Path, tiny_scenarios: Path) -> None:
+    config = tmp_path / "echo.toml"
+    config.write_text(ECHO)
+    out = tmp_path / "cap"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.capacity", "--config", str(config), "--levels", "1,2", "--duration", "6",
+         "--scenarios", str(tiny_scenarios), "--max-late-ratio", "0.05", "--stop-after", "9", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((out / "capacity.json").read_text())
+    assert [r["level"] for r in report["levels"]] == [1, 2]
+    for level in report["levels"]:
+        assert level["failed_calls"] == 0 and level["frames"] > 200 * level["level"]
+        assert level["server"]["process"]["cpu_s"] > 0
+    assert "capacity" in report and (out / "capacity.md").exists()
