@@ -171,7 +171,7 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.7 * max(1, len(arms))))
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.6 * max(1, len(arms))))
     names = list(arms)
     left = np.zeros(len(names))
     colors = plt.get_cmap("tab10")
@@ -180,7 +180,7 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
         ax.barh(names, widths, left=left, color=colors(k), label=STAGE_LABELS[stage])
         left += widths
     ax.set_xlabel("ms after the user's speech end (median per stage)")
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.05 * len(names)))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title("Where the time goes")
     fig.tight_layout()
     paths.append(out / "stages.png")
