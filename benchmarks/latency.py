@@ -32,7 +32,7 @@ from benchmarks.profiler import PySpy
 from benchmarks.report import write_report
 from benchmarks.runinfo import LoopProbe, git_commit, load_average, machine
 from benchmarks.scenarios import Scenario, ScenarioError, load_scenarios
-from benchmarks.summary import percentiles, summarize_arm
+from benchmarks.summary import paired_deltas, percentiles, summarize_arm
 from benchmarks.transports import TRANSPORTS, TransportError, make_caller
 from benchmarks.turns import analyse_call, call_pacing
 
@@ -241,6 +241,7 @@ async def drive(args: argparse.Namespace, arms: list[Arm], scenarios: list[Scena
                                  "summary": summarize_arm(turns, calls)}
     return {
         "arms": report_arms,
+        "paired": paired_deltas(report_arms),
         "wall_s": round(wall, 1),
         "client": {"event_loop_lag_ms": probe.summary(), "cpu_s": round(client_cpu, 2),
                    "cpu_per_session_core": round(client_cpu / session_seconds, 4) if session_seconds else None},

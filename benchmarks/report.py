@@ -64,6 +64,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {_fmt(s['v2v_fresh_ms']['p50'])} | {_fmt(s['commit_rate'], 2)} | {_fmt(s['saved_ms']['p50'])} "
             f"| {_fmt(s['wasted_token_ratio'], 2)} | {_fmt(s['late_frame_ratio'], 4)} | {s['false_turn_ends']} |"
         )
+    for pair, d in report.get("paired", {}).items():
+        lines.append("")
+        lines.append(f"Paired by turn, **{pair}**: v2v median {_fmt(d['v2v_delta_ms']['p50'])} ms "
+                     f"(p90 {_fmt(d['v2v_delta_ms']['p90'])}, {d['v2v_delta_ms']['n']} turns); on the turns the "
+                     f"first arm answered with a committed draft: median "
+                     f"{_fmt(d['v2v_delta_where_first_committed_ms']['p50'])} ms "
+                     f"({d['v2v_delta_where_first_committed_ms']['n']} turns).")
     lines += [
         "",
         "All times in ms. *committed*: turns answered by a committed speculative draft; *fresh*: answered by a "

@@ -65,3 +65,25 @@ def summarize_arm(turns: list[dict[str, Any]], calls: list[dict[str, Any]]) -> d
         "turns": len(turns),
         "failed_turns": len(turns) - len(ok),
     }
+
+
+def paired_deltas(arms: dict[str, Any]) -> dict[str, Any]:
+    """Per arm after the first: v2v minus the first arm's on the same (scenario, session, turn), and the same
+    restricted to turns the first arm answered with a committed draft (what speculation is for)."""
+    names = list(arms)
+    if len(names) < 2:
+        return {}
+
+    def by_key(turns: list[dict[str, Any]]) -> dict[tuple[str, int, int], dict[str, Any]]:
+        return {(t["scenario"], t["session"], t["turn"]): t for t in turns if t.get("ok")}
+
+    first = by_key(arms[names[0]]["turns"])
+    out = {}
+    for name in names[1:]:
+        other = by_key(arms[name]["turns"])
+        keys = sorted(first.keys() & other.keys())
+        deltas = [other[k]["v2v_ms"] - first[k]["v2v_ms"] for k in keys]
+        committed = [other[k]["v2v_ms"] - first[k]["v2v_ms"] for k in keys if first[k].get("committed")]
+        out[f"{name} - {names[0]}"] = {"v2v_delta_ms": percentiles(deltas, (50, 90)),
+                                       "v2v_delta_where_first_committed_ms": percentiles(committed, (50, 90))}
+    return out
