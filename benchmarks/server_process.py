@@ -55,7 +55,8 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = 
             raise ServerError(f"the server exited with {proc.returncode} while starting:\n{tail}")
         try:
             status = healthz(url)
-            if status.get("status") == "ok":
+            # `load_seconds` appears once loading has finished, warm-up included; "ok" alone comes earlier.
+            if status.get("status") == "ok" and status.get("load_seconds", 0) is not None:
                 return
             last = f"status {status.get('status')!r}"
         except (OSError, ValueError) as exc:

@@ -41,8 +41,32 @@ def analyse_call(rec: CallRecord, late_ms: float = LATE_MS) -> list[dict[str, An
         if rec.server_clock_origin is None or not turn.speech_end_t:
             out.append({**base, "ok": False, "error": turn.error or rec.error or "the turn was not played"})
             continue
-        out.append({**base, **_analyse_turn(rec, turn, rec.server_clock_origin, late_ms)})
+        record = {**base, **_analyse_turn(rec, turn, rec.server_clock_origin, late_ms)}
+        if not record["ok"]:
+            record["events"] = _event_log(rec, turn)
+        out.append(record)
     return out
+
+
+# Event fields worth keeping in a failed turn's log: enough to replay what the server decided, and when.
+_LOGGED = ("item_id", "audio_start_ms", "audio_end_ms", "draft_id", "reason", "silence_ms", "transcript", "delta")
+
+
+def _event_log(rec: CallRecord, turn: TurnPlay) -> list[dict[str, Any]]:
+    """The events of a failed turn, timed in ms from the user's speech end (negative: before it)."""
+    end = turn.next_start_t or rec.end_t
+    log = []
+    for t, e in rec.events:
+        if turn.start_t - 0.5 <= t < end:
+            entry: dict[str, Any] = {"ms": round((t - turn.speech_end_t) * 1000.0), "type": e.get("type")}
+            entry.update({k: e[k] for k in _LOGGED if k in e})
+            if e.get("type") == "response.done":
+                entry["status"] = e["response"].get("status")
+                entry["status_details"] = e["response"].get("status_details")
+            if e.get("type") == "error":
+                entry["error"] = e.get("error")
+            log.append(entry)
+    return log
 
 
 def _analyse_turn(rec: CallRecord, turn: TurnPlay, origin: float, late_ms: float) -> dict[str, Any]:
