@@ -178,7 +178,7 @@ def _server(args: argparse.Namespace, out: Path) -> Iterator[tuple[str, int | No
         status = sp.healthz(url, timeout=5)
     except (OSError, ValueError) as exc:
         raise sp.ServerError(f"no Parley server answers at {url}/healthz: {exc}") from None
-    if status.get("status") != "ok":
+    if status.get("status") != "ok" or status.get("load_seconds", 0) is None:
         sp.wait_ready(url, args.ready_timeout)
     yield url, None, url
 
