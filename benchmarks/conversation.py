@@ -118,6 +118,7 @@ async def _play_turn(call: Caller, rendered: Any, after_ms: int, play: TurnPlay,
         await call.wait_for("response.done", timeout=remaining, after=play.last_speech_start_t,
                             where=lambda e: _answers(call, e, play.last_speech_start_t))
     except TimeoutError:
+        # Judged by turns.analyse_call: a reply that started but has not finished still counts as a reply.
         play.error = f"no reply within {reply_timeout:.0f} s of the speech end"
 
 

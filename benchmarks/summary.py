@@ -51,7 +51,9 @@ def summarize_arm(turns: list[dict[str, Any]], calls: list[dict[str, Any]]) -> d
         "wire_transit_p99_ms": max((c["wire_transit_ms"]["p99"] for c in calls
                                     if c.get("wire_transit_ms") and c["wire_transit_ms"]["p99"] is not None),
                                    default=None),
-        "stages_ms": {s: percentiles((t["stages_ms"][s] for t in ok), (50, 90))["p50"] for s in STAGES},
+        "stages_ms": {s: percentiles((t["stages_ms"][s] for t in ok if t.get("stages_ms")), (50, 90))["p50"]
+                      for s in STAGES},
+        "incomplete_replies": sum(1 for t in ok if t.get("reply_status") == "incomplete"),
         "vad_stop_ms": percentiles((t.get("vad_stop_ms") for t in ok), (50, 90)),
         "asr_ms": percentiles((t.get("asr_ms") for t in ok), (50, 90)),
         "lm_first_token_ms": percentiles((t.get("lm_first_token_ms") for t in ok), (50, 90)),

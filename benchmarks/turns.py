@@ -94,7 +94,18 @@ def _analyse_turn(rec: CallRecord, turn: TurnPlay, origin: float, late_ms: float
         "drafts_committed": sum(1 for _, r, _ in mine if r["metrics"].get("speculative")),
     }
     if not final:
-        record["error"] = turn.error or "no response to the turn's final words"
+        # A reply still going when the harness moved on (a long answer on a slow machine) has no metrics yet,
+        # but its onset is the turn's v2v all the same.
+        started = any(e.get("type") == "response.created" and turn.last_speech_start_t <= t < window_end
+                      for t, e in rec.events)
+        onset = _rise(rec, turn.speech_end_t, window_end, SPEECH_DBFS) if started else None
+        if onset is None:
+            record["error"] = ("the reply started but no audio came before the next turn" if started
+                               else turn.error or "no response to the turn's final words")
+            return record
+        record.update({"ok": True, "error": None, "reply_status": "incomplete", "stages_ms": None,
+                       "v2v_ms": round((onset - turn.speech_end_t) * 1000.0, 1),
+                       "user_transcript": _user_transcript(rec, turn, window_end)})
         return record
     done_t, reply = final[-1]
     m = reply["metrics"]
