@@ -110,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--session", action="append", default=[], metavar="KEY=VALUE",
                    help="session override applied to every arm (repeatable)")
     p.add_argument("--limit", type=int, help="play only the first N scenarios")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="unmeasured calls first (one turn per arm, N times): keeps cold-start cost out of the arms")
     p.add_argument("--repeat", type=int, default=1, help="play the scenarios this many times per session and arm")
     p.add_argument("--out", type=Path, help="output directory (default bench-out/latency-<time>)")
     p.add_argument("--transport", choices=TRANSPORTS, default="webrtc")
@@ -212,6 +214,7 @@ async def drive(args: argparse.Namespace, arms: list[Arm], scenarios: list[Scena
             # Calls end at slightly different times so sessions do not stay phase-locked.
             await asyncio.sleep(rng.uniform(0.2, 0.6))
 
+    warmup = await _warm_up(args, arms, scenarios, url)
     probe.start()
     watch.begin()
     if profiler is not None:
@@ -242,6 +245,7 @@ async def drive(args: argparse.Namespace, arms: list[Arm], scenarios: list[Scena
     return {
         "arms": report_arms,
         "paired": paired_deltas(report_arms),
+        "warmup": warmup,
         "wall_s": round(wall, 1),
         "client": {"event_loop_lag_ms": probe.summary(), "cpu_s": round(client_cpu, 2),
                    "cpu_per_session_core": round(client_cpu / session_seconds, 4) if session_seconds else None},
@@ -253,6 +257,22 @@ async def drive(args: argparse.Namespace, arms: list[Arm], scenarios: list[Scena
             "profiles": [str(p) for p in profiles],
         },
     }
+
+
+async def _warm_up(args: argparse.Namespace, arms: list[Arm], scenarios: list[Scenario], url: str
+                   ) -> list[dict[str, Any]]:
+    """Calls before the measured run (the first scenario's first turn, once per arm), reported apart: a server's
+    first turns pay for lazy initialisation, which would otherwise land on whichever arm happens to go first."""
+    out = []
+    first = Scenario(scenarios[0].name, scenarios[0].turns[:1])
+    for _ in range(args.warmup):
+        for arm in arms:
+            rec = CallRecord(arm.name, first.name, -1, arm.overrides)
+            call = make_caller(args.transport, url, arm.overrides, preencoded=args.preencoded)
+            await play_scenario(call, first, rec, args.reply_timeout)
+            turns = analyse_call(rec)
+            out.append({"arm": arm.name, "error": rec.error, "v2v_ms": turns[0].get("v2v_ms") if turns else None})
+    return out
 
 
 def _print_summary(report: dict[str, Any], written: list[Path]) -> None:

@@ -49,6 +49,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"load average {m.get('load_start', '?')} → {m.get('load_end', '?')}",
         f"- server: {report.get('server', {}).get('source', '?')}; transport {report.get('transport', '?')}; "
         f"{report.get('sessions', '?')} concurrent session(s); scenarios `{report.get('scenarios', '?')}`",
+        *([f"- warm-up calls (not in the figures): v2v {', '.join(_fmt(w['v2v_ms']) for w in report['warmup'])} ms"]
+          if report.get("warmup") else []),
         "",
         "## Voice-to-voice (user speech end → first reply audio at the client)",
         "",
