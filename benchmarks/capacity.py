@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from benchmarks import opus_mic
 from benchmarks import server_process as sp
 from benchmarks.client import ParleyCall
 from benchmarks.conversation import CallRecord, play_scenario
@@ -240,6 +241,10 @@ def _client_main(conn: Connection, url: str, calls: int, index: int, scenario_di
 async def _client(url: str, n: int, index: int, scenarios: list[Scenario], start_at: float, end_at: float,
                   late_ms: float, overrides: dict[str, Any]) -> dict[str, Any]:
     turns: list[Turn] = [t for s in scenarios for t in s.turns]
+    # Encode every turn now: encoding at a turn's start would stall this loop and delay every call's arrival
+    # stamps, which would read as the server's lateness.
+    for turn in turns:
+        opus_mic.cached(turn.render().samples)
     rng = random.Random(index)
     probe = LoopProbe()
     probe.start()

@@ -26,6 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from benchmarks import opus_mic
 from benchmarks import server_process as sp
 from benchmarks.conversation import CallRecord, TurnPlay, play_scenario
 from benchmarks.profiler import PySpy
@@ -214,6 +215,11 @@ async def drive(args: argparse.Namespace, arms: list[Arm], scenarios: list[Scena
             # Calls end at slightly different times so sessions do not stay phase-locked.
             await asyncio.sleep(rng.uniform(0.2, 0.6))
 
+    if args.preencoded:
+        # Encoded before any call: encoding at a turn's start would stall the loop that stamps arrivals.
+        for scenario in scenarios:
+            for turn in scenario.turns:
+                opus_mic.cached(turn.render().samples)
     warmup = await _warm_up(args, arms, scenarios, url)
     probe.start()
     watch.begin()

@@ -176,9 +176,15 @@ def _analyse_turn(rec: CallRecord, turn: TurnPlay, origin: float, late_ms: float
     return record
 
 
+SETTLE_S = 1.0
+
+
 def call_pacing(rec: CallRecord, late_ms: float = LATE_MS) -> dict[str, float | int]:
-    """Pacing of every frame the call received, silence included (the stream must never stall)."""
-    return pacing(rec.received.times, rec.received.pts, late_ms=late_ms).as_dict()
+    """Pacing of every frame the call received after its first second, silence included (the stream must never
+    stall); the first second is connection start-up, whose first frames come late by construction."""
+    if not rec.received.times:
+        return pacing([], []).as_dict()
+    return pacing(rec.received.times, rec.received.pts, rec.received.times[0] + SETTLE_S, late_ms=late_ms).as_dict()
 
 
 def _outbound_ms(rec: CallRecord, release: float | None, wire: float | None, audible: float | None) -> float | None:
