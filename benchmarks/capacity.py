@@ -274,8 +274,9 @@ async def _client(url: str, n: int, index: int, scenarios: list[Scenario], start
 
 def latency_level(url: str, parent: int | None, level: int, scenarios: list[Scenario], args: argparse.Namespace,
                   out: Path) -> dict[str, Any]:
-    largs = latency_args(["--scenarios", str(args.scenarios), "--url", url, "--sessions", str(level),
-                          "--no-progress", *[a for s in args.session for a in ("--session", s)]])
+    # One warm-up call per level: a fresh server's first turns pay lazy initialisation, not load.
+    largs = latency_args(["--scenarios", str(args.scenarios), "--url", url, "--sessions", str(level), "--warmup",
+                          "1", "--no-progress", *[a for s in args.session for a in ("--session", s)]])
     scenarios = scenarios[: args.limit]
     arms = parse_arms(None, args.session)
     report = asyncio.run(drive(largs, arms, scenarios, url, parent, out / f"level-{level}"))
