@@ -13,7 +13,7 @@ PY=$VENV/bin/python
 TORCH="torch==2.13.0"  # CPU build; pinned first so no dependency drags in a CUDA build
 
 SERVE_DEBS=(build-essential cmake python3-dev python3-venv)
-TEST_DEBS=(chromium sip-tester pocketsphinx-testdata iproute2 util-linux espeak-ng sox)
+TEST_DEBS=(chromium firefox-esr sip-tester pocketsphinx-testdata iproute2 util-linux curl espeak-ng sox)
 
 say() { printf '\033[1m[parley]\033[0m %s\n' "$*" >&2; }
 
@@ -32,7 +32,10 @@ setup() {
   local mode=$1
   if command -v dpkg-query >/dev/null; then
     need_debs "${SERVE_DEBS[@]}"
-    [ "$mode" = test ] && need_debs "${TEST_DEBS[@]}"
+    if [ "$mode" = test ]; then
+      need_debs "${TEST_DEBS[@]}"
+      command -v node >/dev/null || need_debs nodejs npm
+    fi
   fi
   [ -x "$PY" ] || { say "creating $VENV"; python3 -m venv "$VENV"; }
   local stamp="$VENV/.parley-$mode-$(cat pyproject.toml | sha256sum | cut -c1-16)"
@@ -48,6 +51,14 @@ setup() {
     touch "$stamp"
   fi
   "$PY" -m models.assets fetch
+  if [ "$mode" = test ]; then
+    # The Firefox test's driver (puppeteer-core over WebDriver BiDi; it downloads no browser).
+    local lock="tests/firefox/node_modules/.parley-$(sha256sum tests/firefox/package-lock.json | cut -c1-16)"
+    if [ ! -f "$lock" ]; then
+      say "installing the Firefox test driver (npm ci)"
+      (cd tests/firefox && npm ci --no-audit --no-fund --loglevel=error) && touch "$lock"
+    fi
+  fi
 }
 
 cmd=${1:-serve}

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
@@ -146,22 +145,14 @@ class Received:
         return len(sel), late
 
 
-def client_ice_config(url: str) -> IceConfig:
-    """Gather on loopback only for a loopback server (fewer pairs, faster ICE), on every interface otherwise."""
-    host = urlsplit(url).hostname or ""
-    if host in ("127.0.0.1", "localhost"):
-        return IceConfig(addresses=["127.0.0.1"], use_ipv6=False)
-    if host == "::1":
-        return IceConfig(addresses=["::1"])
-    return IceConfig()
-
-
 class ParleyCall:
     """One call to a Parley server over WebRTC (loopback)."""
 
     def __init__(self, url: str, session: dict[str, Any] | None = None, keep_audio: bool = True,
                  preencoded: bool = False) -> None:
         """`preencoded`: send Opus encoded once per distinct clip (benchmarks.opus_mic), for load generators."""
+        # aioice leaves loopback out of host candidates: in a loopback-only namespace a caller would have none.
+        ice.install(IceConfig())
         self.url = url.rstrip("/")
         self.overrides = session or {}
         self.keep_audio = keep_audio
@@ -179,8 +170,6 @@ class ParleyCall:
         self.channel = self.pc.createDataChannel("events")
 
     async def connect(self, timeout: float = 20.0) -> None:
-        # aioice leaves loopback out of host candidates: a caller in a loopback-only namespace would have none.
-        ice.install(client_ice_config(self.url))
         pc = self.pc
         pc.addTrack(self.mic)
 

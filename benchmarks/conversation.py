@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.client import RATE, Received
-from benchmarks.scenarios import Scenario
+from benchmarks.scenarios import RenderedTurn, Scenario
 from benchmarks.transports import Caller
 from benchmarks.wire import WireLog
 
@@ -97,15 +97,17 @@ async def play_scenario(call: Caller, scenario: Scenario, record: CallRecord, re
     return record
 
 
-async def _play_turn(call: Caller, rendered: Any, after_ms: int, play: TurnPlay, reply_timeout: float) -> None:
+async def _play_turn(call: Caller, rendered: RenderedTurn, after_ms: int, play: TurnPlay, reply_timeout: float) -> None:
     key = f"turn{play.index}"
     marks = {f"{key}.start": 0, f"{key}.end": rendered.speech_end, f"{key}.last": rendered.last_speech_start}
-    call.play(rendered.samples, RATE, marks)
-    # The microphone drains on its own 20 ms clock; poll rather than estimate so a slow client cannot skew marks.
-    deadline = time.monotonic() + rendered.duration_s + 10.0
-    while not call.mic.idle and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
-    times = call.mic.mark_times
+    # The microphone drains on its own 20 ms clock; waiting for it (not estimating) keeps a slow client's marks true.
+    try:
+        await asyncio.wait_for(call.play_and_wait(rendered.samples, RATE, marks), rendered.duration_s + 10.0)
+    except TimeoutError:
+        pass
+    # WebRTC callers keep marks on their microphone track, the Twilio caller on itself.
+    holder: Any = getattr(call, "mic", call)
+    times: dict[str, float] = holder.mark_times
     play.start_t = times.get(f"{key}.start", 0.0)
     play.speech_end_t = times.get(f"{key}.end", 0.0)
     play.last_speech_start_t = times.get(f"{key}.last", play.start_t)

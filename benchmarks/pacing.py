@@ -36,6 +36,9 @@ def lateness_ms(times: list[float], pts: list[int]) -> np.ndarray:
     if not times:
         return np.zeros(0)
     t = np.asarray(times, np.float64)
+    if len(pts) != len(times):
+        # A caller without media timestamps (telephony): assume contiguous 20 ms frames, no loss.
+        pts = [i * MEDIA_RATE // 50 for i in range(len(times))]
     p = np.asarray(pts, np.float64)
     # RTP timestamps wrap at 2^32: a large backward step is a wrap, not a reordering.
     steps = np.diff(p)

@@ -17,14 +17,17 @@ TRANSPORTS = ("webrtc", "twilio")
 
 
 class Caller(Protocol):
+    """Marks (name -> monotonic send time) live in `mic.mark_times` (WebRTC) or `mark_times` (Twilio)."""
+
     session_id: str | None
     events: list[tuple[float, dict[str, Any]]]
     received: Received
-    mic: Any  # .mark_times (name -> monotonic send time), .idle (nothing left to send)
 
     async def connect(self, timeout: float = 20.0) -> None: ...
 
     def play(self, samples: np.ndarray, rate: int, marks: dict[str, int] | None = None) -> float: ...
+
+    async def play_and_wait(self, samples: np.ndarray, rate: int, marks: dict[str, int] | None = None) -> None: ...
 
     async def wait_for(self, kind: str, timeout: float = 30.0, after: float = 0.0, where: Any = None
                        ) -> dict[str, Any]: ...
@@ -43,8 +46,12 @@ def make_caller(transport: str, url: str, session: dict[str, Any], keep_audio: b
     if transport == "webrtc":
         return ParleyCall(url, session=session, keep_audio=keep_audio, preencoded=preencoded)
     if transport == "twilio":
+        if session:
+            # A Twilio call cannot carry overrides: its settings come from [telephony.numbers] in the config.
+            raise TransportError("--transport twilio takes session settings from the server's [telephony.numbers]; "
+                                 "--compare and --session need --transport webrtc")
         cls = _twilio_class()
-        caller: Caller = cls(url, session=session)
+        caller: Caller = cls(url, keep_audio=keep_audio)
         return caller
     raise TransportError(f"unknown transport {transport!r} (known: {', '.join(TRANSPORTS)})")
 

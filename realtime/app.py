@@ -6,6 +6,7 @@
     GET  /stats     live sessions and the last sessions' summaries
     GET  /sessions/{id}/events   WebSocket tap of one live session's events (any transport)
     GET  /metrics   Prometheus
+    /telephony/...  phone calls, when [telephony] enables them (realtime/transports/twilio.py, sip.py)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from realtime import metrics
 from realtime.config import Config, ConfigError
 from realtime.engine import CapacityError, Engine
-from realtime.transports import aiortc_tuning, ice
+from realtime.transports import aiortc_tuning, ice, sip, twilio
 from realtime.transports.webrtc import OfferError, WebRTCCall
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ async def healthz(request: web.Request) -> web.Response:
         "stack": engine.stack.name if engine.ready else engine.config.models.stack,
         "sessions": len(engine.sessions),
         "max_sessions": engine.config.server.max_sessions,
+        # Leak indicators: both return to their idle values when calls end, however they end.
+        "peer_connections": len(request.app[CALLS]),
+        "tasks": len(asyncio.all_tasks()),
         "load_seconds": engine.load_seconds,
         "uptime_s": round(time.time() - engine.started_at, 1),
         "event_loop_lag_max_ms": round(probe.max_ms, 2),
@@ -144,6 +148,10 @@ def create_app(config: Config, engine: Engine | None = None) -> web.Application:
     app.router.add_get("/metrics", prometheus)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
+    if config.telephony.twilio:
+        twilio.add_routes(app, app[ENGINE])
+    if config.telephony.sip:
+        sip.add_server(app, app[ENGINE])
     return app
 
 

@@ -120,12 +120,19 @@ class EmbeddedStackConfig:
     lm: Literal["qwen2.5-0.5b", "smollm2-135m"] = "qwen2.5-0.5b"
     asr: Literal["whisper-base", "whisper-tiny.en"] = "whisper-base"
     language: str = "en"
-    # The tokenizer stage transcribes the running turn every time this much new speech has arrived.
+    # The tokenizer stage transcribes the running turn every time this much new speech has arrived (0 = only at
+    # pauses; the live transcript then appears once per pause).
     asr_segment_ms: int = 1000
+    # Shortest Whisper encoder window, seconds (Whisper's own is 30). 5 s costs ~1/5 of 30 s per pass with the
+    # same words on short turns (measured; see models/embedded/whisper.py); longer turns get a longer window.
+    asr_window_s: float = 5.0
     asr_threads: int = 2
     lm_threads: int = 2
     lm_context: int = 2048
     tts_threads: int = 1
+    # Show tool results to the LM as a short user note instead of the chat template's tool-response turn: small
+    # models then say the answer instead of echoing JSON (see models/embedded/llama.py).
+    tool_results_as_text: bool = True
     # Where setup assembled the models; empty = $PARLEY_MODELS or ~/.cache/parley/models.
     model_dir: str = ""
 
@@ -134,27 +141,73 @@ class EmbeddedStackConfig:
 class OpenAIStackConfig:
     # LM served elsewhere (vLLM, llama.cpp server); VAD, tokenizer and TTS stay embedded.
     base_url: str = "http://127.0.0.1:8000/v1"
+    # Empty = the first model the server lists at /v1/models.
     model: str = ""
+    # Environment variable holding the bearer token; unset or empty sends no Authorization header.
     api_key_env: str = "OPENAI_API_KEY"
     connect_timeout_s: float = 5.0
     # No token for this long mid-stream = failure.
     read_timeout_s: float = 30.0
+    # Attempts after the first, only before the first token arrives (a stream that has spoken is never replayed).
     retries: int = 2
+    retry_backoff_s: float = 0.25
     # Send tool schemas in the OpenAI "tools" format (needs server support: vLLM --enable-auto-tool-choice).
     tools: bool = True
+    # "auto", "required", "none", or a function name to force.
+    tool_choice: str = "auto"
+    # Servers without a tool parser stream a call as content (`<tool_call>{...}` or a bare `{"name": ...}`):
+    # a reply that starts that way is held back and parsed as a call.
+    text_tool_calls: bool = True
+    top_p: float = 0.9
+    stop: list[str] = field(default_factory=list)
+    # Open connections to the server per worker process (every live draft or response holds one).
+    max_connections: int = 32
+    # Merged into every request body (e.g. {"repetition_penalty" = 1.05} for vLLM).
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class StepAudioStackConfig:
+    # Local copies of the release: Step-Audio-Tokenizer/, Step-Audio-Chat/, Step-Audio-TTS-3B/.
     tokenizer_dir: str = ""
     chat_dir: str = ""
     tts_dir: str = ""
     device: str = "cuda"
+    # Per-stage placement; empty = `device`. The chat model is spread by `chat_device_map` instead.
+    tokenizer_device: str = ""
+    tts_device: str = ""
+    # accelerate device map for the 130B chat model ("auto" spreads it over every visible GPU).
+    chat_device_map: str = "auto"
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     # "transformers" runs Step-Audio-Chat in-process; "openai" sends <audio_N> text to [models.openai].
     chat_backend: Literal["transformers", "openai"] = "transformers"
+    # "folder": the model folder's own modeling code (trust_remote_code, as the release loads it);
+    # "builtin": Parley's re-implementation of Step1 (same tensor names) for folders whose code does not load.
+    step1_code: Literal["folder", "builtin"] = "folder"
+    # Tokenizer segment: one Paraformer chunk (240 ms) = 2 interleave groups.
+    segment_ms: int = 240
+    # The semantic (CosyVoice) tokenizer is not streaming: it runs on fixed windows of the turn, each with this
+    # much left context. Multiples of 240 ms; window 30000 reproduces the release (one pass per turn).
+    semantic_window_ms: int = 1200
+    semantic_context_ms: int = 2400
+    # Where the text kept in history comes from: "whisper" (the embedded faster-whisper, as the release's demo
+    # uses a separate ASR), "chat" (Step-Audio-Chat transcribes with `asr_prompt`), "none" (a placeholder).
+    transcript: Literal["whisper", "chat", "none"] = "whisper"
+    asr_prompt: str = "请记录下你所听到的语音内容。"
+    top_p: float = 0.9
+    # TTS-3B: the release's prompt speaker and sampling.
+    speaker: str = "Tingting"
+    # Folder of prompt speakers laid out like the release's speakers/ (speakers_info.json, <id>_prompt.wav);
+    # empty = <tts_dir>/speakers.
+    speakers_dir: str = ""
+    tts_temperature: float = 0.7
+    tts_max_tokens: int = 2048
+    # Streaming decoder: chunks are cut on whole 5-token groups (120 ms each); the first is shorter for latency.
+    decoder_first_chunk_groups: int = 4
     decoder_chunk_groups: int = 10
     decoder_overlap_groups: int = 1
+    flow_steps: int = 10
+    flow_cfg_rate: float = 0.7
 
 
 @dataclass(frozen=True)
@@ -176,25 +229,38 @@ class ModelsConfig:
 
 @dataclass(frozen=True)
 class TelephonyNumber:
-    """Session overrides applied to calls to one number (SIP user part or Twilio `To`)."""
+    """Session overrides applied to calls to one number (SIP Request-URI user part, or Twilio `To`).
+
+    Numbers compare by their digits, so "+1 555 010 0100" matches a SIP user "15550100100"; a name without
+    digits ("support") matches the SIP user part case-insensitively.
+    """
 
     number: str = ""
+    # Any [session] key: instructions (the system prompt), voice, speed, end_of_turn_ms, ...
     session: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class TelephonyConfig:
+    # Twilio Media Streams WebSocket at /telephony/twilio (+ TwiML at POST /telephony/twilio/twiml).
     twilio: bool = False
+    # Public wss:// URL Twilio should stream to; empty = derived from the request's Host header.
+    twilio_stream_url: str = ""
+    # SIP user agent on UDP sip_host:sip_port; 0 = an ephemeral port (tests).
     sip: bool = False
     sip_host: str = "127.0.0.1"
     sip_port: int = 5060
-    # Address put in SDP answers; empty = sip_host.
+    # Address put in SDP answers and the Contact header; empty = sip_host (set it behind 1:1 NAT).
     rtp_public_ip: str = ""
     rtp_port_min: int = 20000
     rtp_port_max: int = 20999
+    # G.711 codecs Parley accepts, in no order of its own: the caller's order of preference decides.
     codecs: list[str] = field(default_factory=lambda: ["PCMU", "PCMA"])
-    # Public wss:// URL Twilio should stream to; empty = derived from the request's Host header.
-    twilio_stream_url: str = ""
+    # Send reply RTP to the address the caller's RTP comes from rather than the one its SDP names (callers
+    # behind NAT that do not know their public address).
+    rtp_symmetric: bool = False
+    # Hang up a call (SIP BYE, or close the WebSocket) when no media arrived for this long.
+    media_timeout_ms: int = 10000
     numbers: list[TelephonyNumber] = field(default_factory=list)
 
 
@@ -212,7 +278,7 @@ T = TypeVar("T")
 
 
 def load_config(path: str | Path | None) -> Config:
-    """Read and validate a TOML config; None gives the built-in defaults (the embedded stack)."""
+    """Read and validate a TOML config (errors name the file and the key); None gives the built-in defaults."""
     if path is None:
         return Config()
     path = Path(path)
@@ -223,7 +289,7 @@ def load_config(path: str | Path | None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
-        return build(Config, raw, "")
+        return validate(build(Config, raw, ""))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -275,9 +341,37 @@ def validate(config: Config) -> Config:
     ice = config.ice
     if (ice.port_min or ice.port_max) and not 0 < ice.port_min <= ice.port_max <= 65535:
         raise ConfigError("[ice] port_min..port_max must be a valid range (1..65535), or both 0")
-    for number in config.telephony.numbers:
-        with_session_overrides(config.session, number.session, f"telephony.numbers.{number.number}.session")
+    check_telephony(config)
     return config
+
+
+def check_telephony(config: Config) -> None:
+    t = config.telephony
+    bad = [c for c in t.codecs if c not in ("PCMU", "PCMA")]
+    if bad or not t.codecs:
+        raise ConfigError(f"[telephony].codecs must be a non-empty list of 'PCMU', 'PCMA'; got {t.codecs!r}")
+    if not 0 <= t.sip_port <= 65535:
+        raise ConfigError(f"[telephony].sip_port must be 0..65535, got {t.sip_port}")
+    if not 0 < t.rtp_port_min <= t.rtp_port_max <= 65535:
+        raise ConfigError("[telephony] rtp_port_min..rtp_port_max must be a valid range (1..65535)")
+    if t.media_timeout_ms <= 0:
+        raise ConfigError("[telephony].media_timeout_ms must be > 0")
+    if t.sip and t.sip_host in ("0.0.0.0", "::", "") and not t.rtp_public_ip:
+        raise ConfigError("[telephony].sip_host is a wildcard address: set rtp_public_ip to the address callers "
+                          "should send RTP to (it goes into SDP answers and Contact)")
+    seen: set[str] = set()
+    for number in t.numbers:
+        key = number_key(number.number)
+        if not key or key in seen:
+            raise ConfigError(f"[telephony.numbers] number {number.number!r} is empty or listed twice")
+        seen.add(key)
+        with_session_overrides(config.session, number.session, f"telephony.numbers.{number.number}.session")
+
+
+def number_key(number: str) -> str:
+    """Dialled numbers compare by their digits (`+1 555-0100` = `15550100`); names (`support`) as lower case."""
+    digits = "".join(c for c in number if c.isdigit())
+    return digits or number.strip().lower()
 
 
 def _key(where: str, name: str) -> str:

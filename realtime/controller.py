@@ -129,9 +129,16 @@ class Send:
     event: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Prefill:
+    """A hint: the history changed; while the user thinks, an LM may cache this prompt prefix."""
+
+    messages: list[Message]
+
+
 Effect = (
     OpenTurn | CloseTurn | Transcribe | Generate | CancelGeneration | ReleaseAudio | StopPlayout | RunTool
-    | CancelTool | Speak | Send
+    | CancelTool | Speak | Send | Prefill
 )
 
 
@@ -408,7 +415,7 @@ class Controller:
         )
         return self._flush()
 
-    def update_settings(self, settings: SessionConfig) -> list[Effect]:
+    def update_settings(self, now: float, settings: SessionConfig) -> list[Effect]:
         self.settings = settings
         self.context.instructions = settings.instructions
         self.context.budget_tokens = settings.context_tokens
@@ -590,6 +597,7 @@ class Controller:
             self.context.add_assistant(gen.segment_text.strip())
         self._finish_response(gen, now, "completed")
         self._set(State.LISTENING)
+        self._emit(Prefill(self.context.messages_for(None)))
 
     def _check_barge_in(self, now: float) -> None:
         if self._barge_start is None or self.state != State.RESPONDING:

@@ -21,7 +21,7 @@ from models.registry import load_stack
 from models.threaded import stage_executor
 from realtime import metrics
 from realtime.config import Config, SessionConfig, with_session_overrides
-from realtime.session import Session, TransportLink
+from realtime.session import Session, TransportLink, voice_settings
 from realtime.tools import ToolRegistry, default_tools
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self._stack is not None
+        """Loaded *and* warm: a first call must not meet a cold LM prefix."""
+        return self._ready.is_set()
 
     async def load(self) -> None:
         """Load and warm the stack off the event loop (seconds), once per process."""
@@ -87,7 +88,9 @@ class Engine:
 
     def session_settings(self, overrides: dict[str, Any] | None, where: str = "session") -> SessionConfig:
         """The config's [session] with a client's overrides; raises ConfigError naming a bad key."""
-        return with_session_overrides(self.config.session, overrides or {}, where)
+        settings = with_session_overrides(self.config.session, overrides or {}, where)
+        voice_settings(settings)  # a bad cloning sample is refused here, not at the first reply
+        return settings
 
     def open_session(self, link: TransportLink, settings: SessionConfig) -> Session:
         if not self.ready:
@@ -113,5 +116,9 @@ class Engine:
     async def shutdown(self) -> None:
         for session in list(self.sessions.values()):
             await self.close_session(session, "server_shutdown")
+        # Remote LMs hold an HTTP connection pool that must be closed on the loop that opened it.
+        aclose = getattr(self._stack.lm, "aclose", None) if self._stack is not None else None
+        if aclose is not None:
+            await aclose()
         for pool in (self.vad_executor, self.asr_executor, self.tts_executor):
             pool.shutdown(wait=False, cancel_futures=True)

@@ -15,6 +15,7 @@ SERVER_EVENTS = (
     "session.updated",
     "input_audio_buffer.speech_started",
     "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.dtmf",  # a phone key press (SIP RFC 4733 or Twilio `dtmf`): digit, duration_ms, transport
     "conversation.item.input_audio_transcription.delta",
     "conversation.item.input_audio_transcription.completed",
     "speculation.started",

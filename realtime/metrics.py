@@ -24,6 +24,14 @@ LOOP_LAG = Histogram("parley_event_loop_lag_ms", "Event-loop scheduling lag",
 LOOP_LAG_MAX = Gauge("parley_event_loop_lag_max_ms", "Largest event-loop lag in the last probe window")
 
 
+def observe_response(m: dict[str, Any]) -> None:
+    """Per-turn figures from a response.done's metrics."""
+    if m.get("speech_end_to_first_audio_ms") is not None:
+        V2V.observe(m["speech_end_to_first_audio_ms"])
+    if m.get("saved_ms") is not None:
+        SAVED.observe(m["saved_ms"])
+
+
 def observe_summary(summary: dict[str, Any]) -> None:
     DRAFTS.labels("committed").inc(summary.get("drafts_committed", 0))
     DRAFTS.labels("discarded").inc(summary.get("drafts_discarded", 0))

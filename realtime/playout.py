@@ -37,6 +37,8 @@ class Playout:
         self._queue: deque[tuple[str, np.ndarray]] = deque()
         self._offset = 0  # samples of the queue head already played
         self._gens: dict[str, _GenState] = {}
+        # Generations stopped by barge-in: their work is cancelled asynchronously, so a chunk may still arrive.
+        self._stopped: set[str] = set()
         self.frames_out = 0
         self.speech_frames_out = 0
 
@@ -46,7 +48,7 @@ class Playout:
         return bool(self._queue)
 
     def enqueue(self, gen_id: str, samples: np.ndarray) -> None:
-        if samples.size == 0:
+        if samples.size == 0 or gen_id in self._stopped:
             return
         state = self._gens.setdefault(gen_id, _GenState())
         state.queued += samples.size
@@ -54,14 +56,18 @@ class Playout:
 
     def end(self, gen_id: str) -> None:
         """No more audio will come for this generation; `on_finished` fires once it has all played."""
+        if gen_id in self._stopped:
+            return
         state = self._gens.setdefault(gen_id, _GenState())
         state.ended = True
         self._check_finished(gen_id, state)
 
     def stop(self, gen_id: str) -> float:
         """Drop everything still queued (barge-in); returns the ms of this generation that were played."""
+        if self._queue and self._queue[0][0] == gen_id:
+            self._offset = 0
         self._queue = deque(item for item in self._queue if item[0] != gen_id)
-        self._offset = 0
+        self._stopped.add(gen_id)
         state = self._gens.pop(gen_id, None)
         return 0.0 if state is None else state.played * 1000.0 / self.sample_rate
 

@@ -11,9 +11,12 @@ Transports see only `push_audio`, `handle_client_event`, `playout` and `close`; 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import logging
 import time
+import wave
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,7 +25,7 @@ import numpy as np
 
 from models.interfaces import GenerationOptions, UserInput, VoiceSettings
 from realtime import controller as ctl
-from realtime import events
+from realtime import events, metrics
 from realtime.config import ConfigError, SessionConfig, with_session_overrides
 from realtime.context import ContextManager
 from realtime.listener import Hypothesis, Listener, ListenerEvent, SpeechStart, SpeechStop
@@ -44,6 +47,10 @@ class TransportLink(Protocol):
     sample_rate: int  # rate the transport wants outgoing audio at
 
     def send_event(self, event: dict[str, Any]) -> None: ...
+
+    def unheard_ms(self) -> float:
+        """Audio handed out but not yet played at the far end (a buffering peer such as Twilio); 0 if none."""
+        ...
 
 
 class Session:
@@ -68,11 +75,14 @@ class Session:
             settings.vad_threshold, settings.min_speech_ms, settings.max_turn_ms,
         )
         self._responses: dict[str, Response] = {}
+        self._released: set[str] = set()  # gen_ids whose audio may play (committed drafts, plain responses)
         self._transcriptions: dict[str, asyncio.Future[Any]] = {}  # by owning gen_id
         self._tools: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._prefill: asyncio.Task[None] | None = None
         self._last_hypothesis = ""
         self._observers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.voice = voice_settings(settings)
         self.closed = False
         self.summary: dict[str, Any] | None = None
         self._task = asyncio.create_task(self._run(), name=f"session-{session_id}")
@@ -100,10 +110,16 @@ class Session:
         self._observers.discard(queue)
 
     def _emit_event(self, event: dict[str, Any]) -> None:
+        if event["type"] == "response.done":
+            metrics.observe_response(event["response"].get("metrics", {}))
         for queue in self._observers:
             if not queue.full():  # a slow observer loses events rather than slowing the call
                 queue.put_nowait(event)
         self.link.send_event(event)
+
+    def notify(self, event: dict[str, Any]) -> None:
+        """An event the transport observed (a DTMF key press), sent and tapped like the session's own."""
+        self._emit_event(event)
 
     def push_audio(self, samples: np.ndarray, at_ms: float | None = None) -> None:
         """Incoming audio, already mono float32 at 16 kHz."""
@@ -148,9 +164,10 @@ class Session:
         self._apply(self.controller.close(now))
         for response in list(self._responses.values()):
             await response.cancel()
-        for task in list(self._tools.values()) + list(self._background):
+        tasks = [*self._tools.values(), *self._background, *([self._prefill] if self._prefill else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tools.values(), *self._background, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.listener.close()
         self._inbox.put_nowait(None)
         await asyncio.gather(self._task, return_exceptions=True)
@@ -210,12 +227,17 @@ class Session:
                 case ctl.Generate():
                     self._generate(effect)
                 case ctl.ReleaseAudio(gen_id=gen_id):
-                    if gen_id in self._responses:
-                        self._responses[gen_id].release()
+                    self._released.add(gen_id)
+                    response = self._responses.get(gen_id)
+                    if response is not None:
+                        response.release()
+                        if response.task is not None and response.task.done():
+                            self._forget(gen_id)
                 case ctl.CancelGeneration(gen_id=gen_id):
                     self._spawn(self._cancel_generation(gen_id))
                 case ctl.StopPlayout(gen_id=gen_id):
-                    played = self.playout.stop(gen_id)
+                    # A far end that buffers (Twilio) has not played everything handed out yet.
+                    played = max(0.0, self.playout.stop(gen_id) - self.link.unheard_ms())
                     self._apply(self.controller.playout_stopped(self.now_ms(), gen_id, played))
                 case ctl.RunTool(call=call):
                     self._tools[call.id] = asyncio.create_task(self._run_tool(call), name=f"tool-{call.name}")
@@ -226,12 +248,13 @@ class Session:
                 case ctl.Speak(gen_id=gen_id, text=text):
                     if gen_id in self._responses:
                         self._responses[gen_id].speak(text)
+                case ctl.Prefill(messages=messages):
+                    self._prefill = asyncio.create_task(self._warm_lm(messages), name="lm-prefill")
 
     # --- effects -----------------------------------------------------------------------------------------------
 
     def _transcribe(self, effect: ctl.Transcribe) -> None:
-        audio = self.listener.turn_audio(effect.end_sample)
-        fut = asyncio.ensure_future(self.listener.transcribe(audio))
+        fut = self.listener.final_pass(effect.end_sample)
         if effect.gen_id is not None:
             self._transcriptions[effect.gen_id] = fut
 
@@ -251,7 +274,19 @@ class Session:
 
         fut.add_done_callback(done)
 
+    async def _warm_lm(self, messages: list[Any]) -> None:
+        """One token over the new history: local LMs keep that prefix cached for the next turn."""
+        options = GenerationOptions(max_tokens=1, temperature=0.0,
+                                    tools=self.engine.tools.specs if self.settings.tools else ())
+        try:
+            async for _ in self.engine.stack.lm.stream(messages, options):
+                pass
+        except Exception as exc:  # only an optimisation: a failure must not reach the caller
+            log.debug("session %s: LM prefill failed: %s", self.id, exc)
+
     def _generate(self, effect: ctl.Generate) -> None:
+        if self._prefill is not None and not self._prefill.done():
+            self._prefill.cancel()  # a real generation needs the LM now; it keeps what was prefilled so far
         existing = self._responses.get(effect.gen_id)
         if existing is not None:
             existing.resume(effect.messages)
@@ -259,11 +294,12 @@ class Session:
         s = self.settings
         tools = self.engine.tools.specs if s.tools else []
         response = Response(
-            effect.gen_id, self.engine.stack.lm, self.engine.stack.tts, self.engine.tts_executor, self._voice(),
+            effect.gen_id, self.engine.stack.lm, self.engine.stack.tts, self.engine.tts_executor, self.voice,
             GenerationOptions(max_tokens=s.max_response_tokens, temperature=s.temperature, tools=tools),
             self.link.sample_rate, self._on_response, self.playout.enqueue, self.playout.end,
         )
         if not effect.speculative:
+            self._released.add(effect.gen_id)
             response.release()
         self._responses[effect.gen_id] = response
         response.start(effect.messages)
@@ -274,6 +310,7 @@ class Session:
         if transcription is not None:
             pending.append(asyncio.shield(transcription))  # a tokenizer pass cannot be interrupted: wait it out
         response = self._responses.pop(gen_id, None)
+        self._released.discard(gen_id)
         if response is not None:
             pending.append(response.cancel())
         await asyncio.gather(*pending, return_exceptions=True)
@@ -283,6 +320,10 @@ class Session:
         result = await self.engine.tools.run(call)
         self._tools.pop(call.id, None)
         self._post(lambda now: self.controller.tool_finished(now, call.id, result))
+
+    def _forget(self, gen_id: str) -> None:
+        self._responses.pop(gen_id, None)
+        self._released.discard(gen_id)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -296,6 +337,10 @@ class Session:
             case SpeechStart(at_ms=at_ms, sample=sample):
                 self._post(lambda now: self.controller.speech_started(at_ms, sample))
             case SpeechStop(speech_end_ms=end_ms, sample=sample):
+                if self.settings.speculation and self.listener.turn_open:
+                    # Speculative work starts here: the tokenizer's final pass over the turn so far, which the
+                    # draft and the end of turn reuse if no more speech comes (wasted CPU if it does).
+                    self.listener.final_pass(sample)
                 self._post(lambda now: self.controller.speech_stopped(now, end_ms, sample))
             case Hypothesis(text=text):
                 self._post(lambda now: self._hypothesis(text))
@@ -318,7 +363,9 @@ class Session:
             case ToolRequest(call=call):
                 self._post(lambda now: self.controller.tool_requested(now, gen_id, call))
             case Finished(error=error):
-                self._responses.pop(gen_id, None)
+                # A draft that finished before its commit still holds its audio: keep it until released.
+                if gen_id in self._released:
+                    self._forget(gen_id)
                 self._post(lambda now: self.controller.generation_finished(now, gen_id, error))
 
     # --- settings ----------------------------------------------------------------------------------------------
@@ -330,11 +377,13 @@ class Session:
             return
         try:
             settings = with_session_overrides(self.settings, overrides)
+            voice = voice_settings(settings)
         except ConfigError as exc:
             self._emit_event(events.error("invalid_request_error", str(exc), event_id=event_id))
             return
         self.settings = settings
-        self._post(lambda now: self.controller.update_settings(settings))
+        self.voice = voice
+        self._post(lambda now: self.controller.update_settings(now, settings))
         self._emit_event(events.event("session.updated", session={"id": self.id, **self._public_settings()}))
         self._warn_unsupported_voice()
 
@@ -347,14 +396,8 @@ class Session:
         # The client stopped playing (its own barge-in detection): stop the response like a barge-in would.
         self._post(lambda now: self.controller.cancel_response(now))
 
-    def _voice(self) -> VoiceSettings:
-        s = self.settings
-        clone = decode_wav_b64(s.clone_audio) if s.clone_audio else None
-        return VoiceSettings(voice=s.voice, speed=s.speed, emotion=s.emotion, dialect=s.dialect, style=s.style,
-                             clone_audio=clone, clone_text=s.clone_text)
-
     def _warn_unsupported_voice(self) -> None:
-        unsupported = self.engine.stack.tts.unsupported(self._voice())
+        unsupported = self.engine.stack.tts.unsupported(self.voice)
         if unsupported:
             self._emit_event(events.event(
                 "warning", code="unsupported_voice_settings", settings=unsupported,
@@ -366,12 +409,20 @@ class Session:
         return {"stack": self.engine.stack.name, "settings": asdict(self.settings)}
 
 
+def voice_settings(s: SessionConfig) -> VoiceSettings:
+    """The voice a session asked for; raises ConfigError for a cloning sample that is not a WAV."""
+    clone = None
+    if s.clone_audio:
+        try:
+            clone = decode_wav_b64(s.clone_audio)
+        except (ValueError, EOFError, wave.Error) as exc:
+            raise ConfigError(f"[session].clone_audio must be a base64 mono 16-bit WAV: {exc}") from None
+    return VoiceSettings(voice=s.voice, speed=s.speed, emotion=s.emotion, dialect=s.dialect, style=s.style,
+                         clone_audio=clone, clone_text=s.clone_text)
+
+
 def decode_wav_b64(data: str) -> np.ndarray:
     """A base64 mono 16-bit WAV (a voice-cloning sample) as float32 at 16 kHz."""
-    import base64
-    import io
-    import wave
-
     from realtime.audio import ENGINE_RATE, Resampler
 
     with wave.open(io.BytesIO(base64.b64decode(data, validate=True)), "rb") as w:

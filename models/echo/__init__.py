@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 
 import numpy as np
 
-from models.assets import model_path
-from models.embedded.silero import SileroVad
+from models import embedded
 from models.interfaces import GenerationOptions, LMDelta, Message, ModelStack, UserInput, VoiceSettings
 from realtime.config import Config
 
@@ -72,8 +71,8 @@ class ToneTTS:
 
 def load(config: Config) -> ModelStack:
     echo = config.models.echo
-    vad = SileroVad(model_path("silero-vad", config.models.embedded.model_dir) / "silero_vad.onnx")
     return ModelStack(
-        name="echo", vad=vad, tokenizer=EchoTokenizer(), lm=EchoLM(echo.reply), tts=ToneTTS(echo.tone_hz, echo.tone_ms),
+        name="echo", vad=embedded.load_vad(config), tokenizer=EchoTokenizer(), lm=EchoLM(echo.reply),
+        tts=ToneTTS(echo.tone_hz, echo.tone_ms),
         info={"vad": "silero-vad 6.2.3", "lm": "canned reply", "tts": f"{echo.tone_hz:.0f} Hz tone"},
     )

@@ -1,26 +1,60 @@
-"""The embedded stack: Silero VAD, faster-whisper, llama.cpp and hibari-tts, all on the CPU and offline."""
+"""The embedded stack: Silero VAD, faster-whisper, llama.cpp and hibari-tts, all on the CPU and offline.
+
+Each stage has a `load_*` factory here (not named after its module: importing `models.embedded.whisper` would
+rebind a function called `whisper`) so the other stacks that reuse embedded stages (openai, step-audio, echo) build them
+the same way. Imports are local so a process that runs another stack never loads libraries it does not use.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from models.assets import model_path
 from models.interfaces import ModelStack
 from realtime.config import Config
 
-
-def load(config: Config) -> ModelStack:
-    # Imports are local so a process that runs another stack never loads these libraries.
+if TYPE_CHECKING:
     from models.embedded.hibari_tts import HibariTTS
     from models.embedded.llama import LlamaLM
     from models.embedded.silero import SileroVad
     from models.embedded.whisper import WhisperTokenizer
 
+INFO = {"vad": "silero-vad 6.2.3", "tts": "hibari-tts 0.2.1 (heart)"}
+
+
+def load_vad(config: Config) -> SileroVad:
+    from models.embedded.silero import SileroVad
+
+    return SileroVad(model_path("silero-vad", config.models.embedded.model_dir) / "silero_vad.onnx")
+
+
+def load_tokenizer(config: Config, language: str | None = None) -> WhisperTokenizer:
+    """`language` overrides the configured one ("" = detect: Step-Audio transcribes any language)."""
+    from models.embedded.whisper import WhisperTokenizer
+
     emb = config.models.embedded
-    root = emb.model_dir
-    vad = SileroVad(model_path("silero-vad", root) / "silero_vad.onnx")
-    asr = WhisperTokenizer(model_path(emb.asr, root), emb.asr_segment_ms, emb.asr_threads, emb.language)
-    lm = LlamaLM(model_path(emb.lm, root) / "model.gguf", emb.lm, emb.lm_context, emb.lm_threads)
-    tts = HibariTTS(emb.tts_threads)
+    return WhisperTokenizer(model_path(emb.asr, emb.model_dir), emb.asr_segment_ms, emb.asr_threads,
+                            emb.language if language is None else language, emb.asr_window_s)
+
+
+def load_tts(config: Config) -> HibariTTS:
+    from models.embedded.hibari_tts import HibariTTS
+
+    return HibariTTS(config.models.embedded.tts_threads)
+
+
+def load_lm(config: Config) -> LlamaLM:
+    from models.embedded.llama import LlamaLM
+
+    emb = config.models.embedded
+    return LlamaLM(model_path(emb.lm, emb.model_dir) / "model.gguf", emb.lm, emb.lm_context, emb.lm_threads,
+                   emb.tool_results_as_text)
+
+
+def load(config: Config) -> ModelStack:
+    emb = config.models.embedded
     return ModelStack(
-        name="embedded", vad=vad, tokenizer=asr, lm=lm, tts=tts,
-        info={"vad": "silero-vad 6.2.3", "asr": emb.asr, "lm": emb.lm, "tts": "hibari-tts 0.2.1 (heart)"},
+        name="embedded", vad=load_vad(config), tokenizer=load_tokenizer(config), lm=load_lm(config),
+        tts=load_tts(config),
+        info={**INFO, "asr": emb.asr, "lm": emb.lm},
     )

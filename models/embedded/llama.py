@@ -39,6 +39,29 @@ def message_dict(m: Message) -> dict[str, Any]:
     return d
 
 
+def tool_results_as_notes(messages: Sequence[Message]) -> list[Message]:
+    """Tool exchanges rewritten as a short user note.
+
+    Measured with Qwen2.5-0.5B: given its template's native <tool_response> turn, it answers with more JSON
+    (3 of 3 probes); given the same result as a user note, it says the answer in a sentence (3 of 3), and the
+    prompt prefix with the tool schemas stays cached (first token ~0.22 s).
+    """
+    names: dict[str, str] = {}
+    out: list[Message] = []
+    for m in messages:
+        if m.role == "assistant" and m.tool_calls:
+            names.update({c.id: c.name for c in m.tool_calls})
+            if m.content.strip():
+                out.append(Message("assistant", m.content))
+        elif m.role == "tool":
+            name = names.get(m.tool_call_id, "tool")
+            out.append(Message("user", f"(The {name} tool returned {m.content}. Say the answer to my question in "
+                                       "one short spoken sentence.)"))
+        else:
+            out.append(m)
+    return out
+
+
 def parse_tool_call(body: str) -> ToolCall | None:
     """`{"name": ..., "arguments": {...}}` as Qwen-style templates emit it between <tool_call> tags."""
     try:
@@ -58,8 +81,11 @@ def parse_tool_call(body: str) -> ToolCall | None:
 
 
 class LlamaLM:
-    def __init__(self, model_file: Path, name: str, n_ctx: int, threads: int) -> None:
+    def __init__(
+        self, model_file: Path, name: str, n_ctx: int, threads: int, tool_results_as_text: bool = True
+    ) -> None:
         self.name = name
+        self.tool_results_as_text = tool_results_as_text
         self.llm = Llama(
             model_path=str(model_file), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
             n_batch=256, verbose=False,
@@ -83,6 +109,8 @@ class LlamaLM:
 
     def prompt_tokens(self, messages: Sequence[Message], options: GenerationOptions) -> list[int]:
         tools: Any = [t.as_openai() for t in options.tools] if options.tools and self.supports_tools else None
+        if self.tool_results_as_text:
+            messages = tool_results_as_notes(messages)
         chat: Any = [message_dict(m) for m in messages]
         rendered = self._format(messages=chat, tools=tools)
         return self.llm.tokenize(rendered.prompt.encode(), add_bos=False, special=True)
@@ -100,6 +128,10 @@ class LlamaLM:
         pending = b""
         in_tool = False
         tool_body = ""
+        # Small models sometimes write the tool call as bare JSON without the <tool_call> tokens. A reply that
+        # opens with "{" is held back until it ends: spoken JSON is worse than a slower first word.
+        lead = ""
+        bare_json: bool | None = None
         for count, token in enumerate(
             self.llm.generate(tokens, temp=options.temperature, top_p=0.9, top_k=40, repeat_penalty=1.1)
         ):
@@ -121,9 +153,19 @@ class LlamaLM:
                     return  # generation resumes with the tool's result in a new prompt
             elif in_tool:
                 tool_body += piece
+            elif bare_json is None:
+                lead += piece
+                if lead.strip():
+                    bare_json = lead.lstrip().startswith("{")
+                    if not bare_json:
+                        yield LMDelta(text=lead)
+            elif bare_json:
+                lead += piece
             elif piece:
                 yield LMDelta(text=piece)
-        if in_tool:
-            call = parse_tool_call(tool_body)
+        if in_tool or bare_json:
+            call = parse_tool_call(tool_body if in_tool else lead)
             if call is not None:
                 yield LMDelta(tool_call=call)
+            elif bare_json:
+                yield LMDelta(text=lead)

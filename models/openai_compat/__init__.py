@@ -7,4 +7,13 @@ from realtime.config import Config
 
 
 def load(config: Config) -> ModelStack:
-    raise NotImplementedError("the openai-compatible stack is not implemented yet")
+    from models import embedded
+    from models.openai_compat.client import OpenAILM
+
+    remote = config.models.openai
+    return ModelStack(
+        name="openai", vad=embedded.load_vad(config), tokenizer=embedded.load_tokenizer(config), lm=OpenAILM(remote),
+        tts=embedded.load_tts(config),
+        info={**embedded.INFO, "asr": config.models.embedded.asr,
+              "lm": f"{remote.base_url} ({remote.model or 'first listed model'})"},
+    )

@@ -63,7 +63,7 @@ class ParleyIceConnection(aioice.ice.Connection):
             candidates = await super().get_component_candidates(component, addresses, timeout)
         else:
             candidates = await self._ranged_candidates(component, addresses, timeout)
-        return candidates + self._nat_candidates(candidates)
+        return candidates + nat_candidates(candidates, _settings.public_ip)
 
     async def _ranged_candidates(
         self, component: int, addresses: list[str], timeout: int
@@ -106,18 +106,20 @@ class ParleyIceConnection(aioice.ice.Connection):
         # TURN relays bind their own sockets: aioice does that part when given no host addresses.
         return candidates + await super().get_component_candidates(component, [], timeout)
 
-    def _nat_candidates(self, candidates: list[Candidate]) -> list[Candidate]:
-        if not _settings.public_ip:
-            return []
-        out = []
-        for c in candidates:
-            if c.type == "host" and ipaddress.ip_address(c.host).version == 4 and not c.host.startswith("127."):
-                out.append(Candidate(
-                    foundation=candidate_foundation("srflx", "udp", c.host), component=c.component, transport="udp",
-                    priority=candidate_priority(c.component, "srflx"), host=_settings.public_ip, port=c.port,
-                    type="srflx", related_address=c.host, related_port=c.port,
-                ))
-        return out
+
+def nat_candidates(candidates: list[Candidate], public_ip: str) -> list[Candidate]:
+    """Server-reflexive candidates announcing `public_ip` for each private IPv4 host candidate (1:1 NAT)."""
+    if not public_ip:
+        return []
+    out = []
+    for c in candidates:
+        if c.type == "host" and ipaddress.ip_address(c.host).version == 4 and not c.host.startswith("127."):
+            out.append(Candidate(
+                foundation=candidate_foundation("srflx", "udp", c.host), component=c.component, transport="udp",
+                priority=candidate_priority(c.component, "srflx"), host=public_ip, port=c.port,
+                type="srflx", related_address=c.host, related_port=c.port,
+            ))
+    return out
 
 
 def install(config: IceConfig) -> None:

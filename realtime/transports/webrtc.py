@@ -93,6 +93,9 @@ class WebRTCCall:
 
     # --- TransportLink -------------------------------------------------------------------------------------
 
+    def unheard_ms(self) -> float:
+        return 0.0  # paced in real time; a client that knows better sends conversation.item.truncate
+
     def send_event(self, event: dict[str, Any]) -> None:
         text = json.dumps(event)
         channel = self.channel

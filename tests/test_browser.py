@@ -1,0 +1,105 @@
+"""The real page completes a voice turn in headless Debian Chromium (Playwright) and Firefox ESR (WebDriver BiDi)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from realtime.audio import to_int16
+from tests.conftest import free_port, silence, speak
+
+pytestmark = [pytest.mark.browser, pytest.mark.models, pytest.mark.timeout(240)]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FIREFOX = shutil.which("firefox-esr") or "/usr/bin/firefox-esr"
+FIREFOX_DRIVER = Path(__file__).with_name("firefox")
+
+
+def fake_mic(path: Path) -> Path:
+    """Silence, a question, then a long silence: Chromium loops the file, the test ends before it repeats."""
+    audio, rate = speak("What is the capital of France?")
+    samples = np.concatenate([silence(1500, rate), audio, silence(20000, rate)])
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(to_int16(samples).tobytes())
+    return path
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+async def test_page_completes_a_turn_in_chromium(embedded_server: str, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    wav = fake_mic(tmp_path / "question.wav")
+    args = [
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}",
+        "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
+    ]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        try:
+            page = await browser.new_page()
+            console: list[str] = []
+            page.on("console", lambda m: console.append(m.text))
+            await page.goto(embedded_server)
+            assert await page.title() == "Parley — voice call"
+            await page.click("#call")
+            await page.wait_for_function("window.parley.state === 'listening'", timeout=30000)
+            await page.wait_for_function(
+                "window.parley.events.some(e => e.type === 'response.done')", timeout=90000
+            )
+            await page.wait_for_timeout(500)
+            user_text = await page.inner_text("#transcript li.user")
+            assistant_text = await page.inner_text("#transcript li.assistant")
+            assert "capital of france" in user_text.lower(), user_text
+            assert "paris" in assistant_text.lower(), assistant_text
+            # The page heard the reply: its analyser saw speech-level audio on the remote track.
+            level = await page.evaluate("window.parley.remoteLevelMax")
+            frames = await page.evaluate("window.parley.remoteSpeechFrames")
+            assert level > 0.02 and frames > 10, (level, frames, console)
+            await page.wait_for_function("window.parley.inboundAudioEnergy > 0.01", timeout=5000)
+            # The latency table shows the turn.
+            rows = await page.locator("#latency tr").count()
+            assert rows == 1
+            cell = await page.inner_text("#latency tr td:nth-child(2)")
+            assert cell.endswith("ms"), cell
+            await page.screenshot(path=str(tmp_path / "call.png"), full_page=True)
+            await page.click("#hangup")
+            await page.wait_for_function("window.parley.state === 'idle'", timeout=5000)
+        finally:
+            await browser.close()
+
+
+def can_make_namespaces() -> bool:
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not Path(FIREFOX).exists() or not (FIREFOX_DRIVER / "node_modules").exists(),
+                    reason="firefox-esr or tests/firefox/node_modules (npm ci) missing")
+@pytest.mark.skipif(not can_make_namespaces(), reason="needs root to make a network namespace")
+async def test_page_completes_a_turn_in_firefox(tmp_path: Path) -> None:
+    wav = fake_mic(tmp_path / "question.wav")
+    run = subprocess.run(["unshare", "-n", str(FIREFOX_DRIVER / "run.sh"), str(free_port()), str(wav),
+                          str(tmp_path / "firefox.png")], capture_output=True, text=True, timeout=220,
+                         env={**os.environ, "PYTHON": sys.executable})
+    assert run.returncode == 0, (run.stderr[-3000:], (tmp_path / "firefox.server.log").read_text()[-2000:])
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "Firefox" in result["userAgent"]
+    assert result["echoCancellation"] is True
+    assert result["user"] and "capital of france" in result["user"][0].lower(), result
+    assert result["assistant"] and "paris" in result["assistant"][0].lower(), result
+    # Reply audio arrived and was decoded with speech energy (Firefox without a sound card cannot run the page's
+    # level meter, so this comes from its WebRTC statistics).
+    assert result["inboundAudioEnergy"] > 0.01 and result["inboundPackets"] > 100, result
+    assert result["latencyRows"] == 1

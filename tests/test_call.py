@@ -1,0 +1,157 @@
+"""A real WebRTC call over loopback answered by the real embedded stack (Silero, Whisper, Qwen, hibari)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from benchmarks.client import ParleyCall
+from realtime.events import SERVER_EVENTS
+from tests.conftest import librivox, silence, speak, word_error_rate
+
+pytestmark = [pytest.mark.models, pytest.mark.timeout(180)]
+
+# Deterministic replies: greedy decoding.
+GREEDY = {"temperature": 0.0}
+
+
+async def one_turn(call: ParleyCall, audio: np.ndarray, rate: int) -> tuple[float, dict]:
+    """Play one utterance, wait for the reply to finish; returns (speech end time, response.done)."""
+    start = time.monotonic()
+    call.play(np.concatenate([silence(300, rate), audio]), rate, marks={"end": int(rate * 0.3) + audio.size})
+    done = await call.wait_for("response.done", timeout=60, after=start)
+    return call.mic.mark_times["end"], done
+
+
+def reply_speech_ms(call: ParleyCall, after: float) -> float:
+    return call.received.speech_ms_between(after, time.monotonic() + 1)
+
+
+async def test_spoken_question_gets_a_relevant_spoken_answer(embedded_server: str) -> None:
+    call = ParleyCall(embedded_server, session=GREEDY)
+    await call.connect()
+    try:
+        audio, rate = speak("What is the capital of France?")
+        end, done = await one_turn(call, audio, rate)
+        await asyncio.sleep(0.3)
+        transcript = call.of_type("conversation.item.input_audio_transcription.completed")[-1]["transcript"]
+        assert word_error_rate("What is the capital of France?", transcript) == 0.0, transcript
+        response = done["response"]
+        assert response["status"] == "completed"
+        assert "paris" in response["output_text"].lower(), response["output_text"]
+        deltas = "".join(e["delta"] for e in call.of_type("response.audio_transcript.delta"))
+        assert deltas.strip() == response["output_text"]
+        # The reply came back as audio on the same connection: speech energy, starting after the question ended.
+        onset = call.received.onset_after(end)
+        assert onset is not None and reply_speech_ms(call, end) > 500
+        # Audio flowed every 20 ms throughout, models running or not (generous bound for a shared 2-core box).
+        frames, late = call.received.gaps(call.received.times[0], call.received.times[-1], late_ms=100)
+        assert frames > 100 and late <= frames * 0.02, (frames, late)
+        metrics = response["metrics"]
+        for key in ("speech_end_ms", "lm_first_token_ms", "first_audio_out_ms"):
+            assert isinstance(metrics[key], float), key
+        assert metrics["speech_end_ms"] < metrics["lm_first_token_ms"] < metrics["first_audio_out_ms"]
+    finally:
+        await call.close()
+
+
+async def test_human_read_speech_is_transcribed_and_events_come_in_order(embedded_server: str) -> None:
+    audio, rate, reference = librivox("0880")  # "he was not an ill disposed young man"
+    call = ParleyCall(embedded_server, session=GREEDY)
+    await call.connect()
+    try:
+        await one_turn(call, audio, rate)
+        await asyncio.sleep(0.3)
+        types = [e["type"] for _, e in call.events]
+        assert set(types) <= set(SERVER_EVENTS), set(types) - set(SERVER_EVENTS)
+        transcript = call.of_type("conversation.item.input_audio_transcription.completed")[0]["transcript"]
+        assert word_error_rate(reference, transcript) <= 0.15, transcript
+
+        def index(kind: str) -> int:
+            return types.index(kind)
+
+        assert types[0] == "session.created"
+        assert (index("input_audio_buffer.speech_started") < index("input_audio_buffer.speech_stopped")
+                < index("response.created") < index("response.audio_transcript.delta") < index("response.done"))
+        assert index("conversation.item.input_audio_transcription.completed") < index("response.done")
+        if "speculation.started" in types:
+            assert index("input_audio_buffer.speech_stopped") < index("speculation.started") < index("response.done")
+        assert types.count("response.done") == 1
+    finally:
+        await call.close()
+
+
+async def test_two_turns_keep_context_and_session_update_applies(embedded_server: str) -> None:
+    call = ParleyCall(embedded_server, session={**GREEDY, "tools": False})
+    await call.connect()
+    try:
+        call.send({"type": "session.update", "session": {"end_of_turn_ms": 600, "speed": 1.2}})
+        updated = await call.wait_for("session.updated", timeout=5)
+        assert updated["session"]["settings"]["end_of_turn_ms"] == 600
+        call.send({"type": "session.update", "session": {"end_of_turn_ms": "soon"}})
+        err = await call.wait_for("error", timeout=5)
+        assert "[session].end_of_turn_ms" in err["error"]["message"]
+        audio, rate = speak("My name is Alice.")
+        await one_turn(call, audio, rate)
+        audio, rate = speak("What is my name?")
+        _, done = await one_turn(call, audio, rate)
+        assert "alice" in done["response"]["output_text"].lower(), done["response"]["output_text"]
+        assert done["response"]["metrics"]["end_of_turn_ms"] == 600
+    finally:
+        await call.close()
+
+
+async def test_the_lm_calls_a_tool_and_speaks_its_result(embedded_server: str) -> None:
+    call = ParleyCall(embedded_server, session=GREEDY)
+    await call.connect()
+    try:
+        audio, rate = speak("What is seventeen times twenty three?")
+        _, done = await one_turn(call, audio, rate)
+        started = call.of_type("response.function_call.started")
+        completed = call.of_type("response.function_call.completed")
+        assert started and started[0]["name"] == "calculate", [e["type"] for _, e in call.events]
+        assert '"result": 391' in completed[0]["output"]
+        assert "391" in done["response"]["output_text"].replace(",", ""), done["response"]["output_text"]
+        assert "{" not in done["response"]["output_text"], "tool-call JSON must never be spoken"
+    finally:
+        await call.close()
+
+
+async def test_receive_only_offer_still_gets_reply_audio_track(embedded_server: str) -> None:
+    """A caller without a microphone (listen-only) still gets the outgoing track on the same connection."""
+    import aiohttp
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    from realtime.config import IceConfig
+    from realtime.transports import ice
+
+    ice.install(IceConfig())
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.createDataChannel("events")
+    got_track = asyncio.Event()
+    frames = []
+    readers = []
+
+    @pc.on("track")
+    def on_track(track):  # type: ignore[no-untyped-def]
+        async def read() -> None:
+            for _ in range(10):
+                frames.append(await track.recv())
+            got_track.set()
+
+        readers.append(asyncio.ensure_future(read()))
+
+    await pc.setLocalDescription(await pc.createOffer())
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{embedded_server}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as r:
+            assert r.status == 200
+            answer = await r.json()
+    assert "a=sendonly" in answer["sdp"] or "a=sendrecv" in answer["sdp"]
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+    await asyncio.wait_for(got_track.wait(), 20)
+    assert len(frames) == 10  # paced silence flows even with nothing to say
+    await pc.close()
