@@ -99,15 +99,20 @@ async def play_scenario(call: Caller, scenario: Scenario, record: CallRecord, re
 
 async def _play_turn(call: Caller, rendered: RenderedTurn, after_ms: int, play: TurnPlay, reply_timeout: float) -> None:
     key = f"turn{play.index}"
-    marks = {f"{key}.start": 0, f"{key}.end": rendered.speech_end, f"{key}.last": rendered.last_speech_start}
+    # In sample order: a caller may record marks strictly in queue order.
+    marks = {f"{key}.start": 0, f"{key}.last": rendered.last_speech_start, f"{key}.end": rendered.speech_end}
     # The microphone drains on its own 20 ms clock; waiting for it (not estimating) keeps a slow client's marks true.
     try:
         await asyncio.wait_for(call.play_and_wait(rendered.samples, RATE, marks), rendered.duration_s + 10.0)
     except TimeoutError:
         pass
-    # WebRTC callers keep marks on their microphone track, the Twilio caller on itself.
+    # WebRTC callers keep marks on their microphone track, the Twilio caller on itself; a caller whose
+    # play_and_wait returns once the audio is buffered (not sent) is waited for by its end mark.
     holder: Any = getattr(call, "mic", call)
     times: dict[str, float] = holder.mark_times
+    deadline = time.monotonic() + rendered.duration_s + 10.0
+    while f"{key}.end" not in times and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
     play.start_t = times.get(f"{key}.start", 0.0)
     play.speech_end_t = times.get(f"{key}.end", 0.0)
     play.last_speech_start_t = times.get(f"{key}.last", play.start_t)
