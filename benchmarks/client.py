@@ -24,6 +24,8 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
+from benchmarks.opus_mic import OpusMic
+from benchmarks.wire import WireLog, watch_receiver
 from realtime.audio import Resampler, to_int16
 from realtime.config import IceConfig
 from realtime.transports import ice
@@ -114,6 +116,8 @@ class Received:
     times: list[float] = field(default_factory=list)
     levels: list[float] = field(default_factory=list)
     chunks: list[np.ndarray] = field(default_factory=list)
+    # Media timestamps (48 kHz samples, from RTP): where each frame belongs on the sender's clock, for pacing.
+    pts: list[int] = field(default_factory=list)
 
     def onset_after(self, t: float, dbfs: float = SPEECH_DBFS) -> float | None:
         for at, level in zip(self.times, self.levels, strict=True):
@@ -187,16 +191,19 @@ class EventLog:
 class ParleyCall(EventLog):
     """One call to a Parley server over WebRTC (loopback)."""
 
-    def __init__(self, url: str, session: dict[str, Any] | None = None, keep_audio: bool = True) -> None:
-        # aioice leaves loopback out of host candidates: in a loopback-only namespace a caller would have none.
+    def __init__(self, url: str, session: dict[str, Any] | None = None, keep_audio: bool = True,
+                 preencoded: bool = False) -> None:
+        """`preencoded`: send Opus encoded once per distinct clip (benchmarks.opus_mic), for load generators."""
         super().__init__()
+        # aioice leaves loopback out of host candidates: in a loopback-only namespace a caller would have none.
         ice.install(IceConfig())
         self.url = url.rstrip("/")
         self.overrides = session or {}
         self.keep_audio = keep_audio
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.mic = MicTrack()
+        self.mic: MicTrack | OpusMic = OpusMic() if preencoded else MicTrack()
         self.received = Received()
+        self.wire = WireLog()  # reply packets' send and arrival times (RTP/RTCP), independent of their content
         self.session_id: str | None = None
         self.server_clock_origin: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -225,6 +232,8 @@ class ParleyCall(EventLog):
         await pc.setLocalDescription(await pc.createOffer())
         for transceiver in pc.getTransceivers():
             tune_receiver(transceiver.receiver, 0)
+            if transceiver.kind == "audio":
+                watch_receiver(transceiver.receiver, self.wire)
         async with aiohttp.ClientSession() as http:
             body = {"sdp": pc.localDescription.sdp, "type": "offer", "session": self.overrides}
             async with http.post(f"{self.url}/offer", json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
@@ -246,6 +255,7 @@ class ParleyCall(EventLog):
                 level = 20.0 * np.log10(max(float(np.sqrt(np.mean(pcm * pcm))), 1e-6))
                 self.received.times.append(now)
                 self.received.levels.append(level)
+                self.received.pts.append(int(frame.pts or 0))
                 if self.keep_audio:
                     self.received.chunks.append(pcm)
         except MediaStreamError:

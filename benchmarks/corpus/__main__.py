@@ -1,0 +1,3 @@
+from benchmarks.corpus.make import main
+
+raise SystemExit(main())
