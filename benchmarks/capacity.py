@@ -1,6 +1,6 @@
 """How many concurrent calls a server carries: ramp the call count until the audio stops being on time.
 
-    python -m benchmarks.capacity --config benchmarks/configs/echo.toml [--workers N] [--levels 8,16,24,32]
+    python -m benchmarks.capacity --config configs/echo.toml [--workers N] [--levels 8,16,24,32]
     python -m benchmarks.capacity --config configs/default.toml --mode latency --levels 1,2,3
 
 `--mode frames` (for the cheap echo stack): at each level, N calls connect, then all of them talk (the standard

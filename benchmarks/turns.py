@@ -119,8 +119,9 @@ def _analyse_turn(rec: CallRecord, turn: TurnPlay, origin: float, late_ms: float
         "tokens": m.get("tokens", 0),
         "saved_ms": m.get("saved_ms"),
         "end_of_turn_ms": m.get("end_of_turn_ms"),
-        "server": {k: m.get(k) for k in ("speech_end_ms", "draft_start_ms", "commit_ms", "transcript_ready_ms",
-                                         "lm_first_token_ms", "first_audio_ready_ms", "first_audio_out_ms")},
+        "server": {k: m.get(k) for k in ("speech_end_ms", "draft_start_ms", "end_of_turn_decision_ms", "commit_ms",
+                                         "transcript_ready_ms", "lm_first_token_ms", "first_audio_ready_ms",
+                                         "first_audio_out_ms")},
         "user_transcript": _user_transcript(rec, turn, window_end),
     })
     if onset is None:
@@ -129,7 +130,9 @@ def _analyse_turn(rec: CallRecord, turn: TurnPlay, origin: float, late_ms: float
     end_of_turn_s = (m.get("end_of_turn_ms") or 0) / 1000.0
     speech_end = st(m.get("speech_end_ms"))
     assert speech_end is not None
-    if m.get("speculative") and m.get("commit_ms") is not None:
+    if m.get("end_of_turn_decision_ms") is not None:
+        decision, decision_source = st(m["end_of_turn_decision_ms"]), "decision"
+    elif m.get("speculative") and m.get("commit_ms") is not None:
         decision, decision_source = st(m["commit_ms"]), "commit"
     else:
         # A fresh response is created only after the final transcript; the end-of-turn timer fired at its target.

@@ -171,5 +171,8 @@ class ModelStack:
         """Run each stage once so the first call of the first session pays no lazy initialisation."""
         vs = self.vad.open_stream()
         vs.probability(np.zeros(self.vad.frame_samples, np.float32))
+        # A second of quiet noise: the tokenizer's first pass pays its graph set-up here, not in a caller's turn.
+        noise = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.01
+        self.tokenizer.open_stream().finalize(noise)
         for _ in self.tts.stream("Hello.", VoiceSettings()):
             pass

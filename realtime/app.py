@@ -93,6 +93,7 @@ async def healthz(request: web.Request) -> web.Response:
         "load_seconds": engine.load_seconds,
         "uptime_s": round(time.time() - engine.started_at, 1),
         "event_loop_lag_max_ms": round(probe.max_ms, 2),
+        "event_loop_lag_recent_max_ms": round(probe.recent_max_ms, 2),
         "ice": ice.summary(engine.config.ice),
         "models": engine.stack.info if engine.ready else {},
     })

@@ -156,6 +156,7 @@ class Turn:
     discarded: int = 0
     wasted_tokens: int = 0
     final_input_id: str | None = None
+    ended_ms: float | None = None  # the end-of-turn decision
 
 
 @dataclass
@@ -514,6 +515,7 @@ class Controller:
     def _end_of_turn(self, now: float) -> None:
         turn = self.turn
         assert turn is not None
+        turn.ended_ms = now
         draft = self.draft
         if draft is not None and draft.end_sample == turn.end_sample:
             if draft.input is not None and not draft.input.key:
@@ -674,6 +676,7 @@ class Controller:
         return {
             "speech_end_ms": r(speech_end),
             "draft_start_ms": r(gen.started_ms) if gen.speculative else None,
+            "end_of_turn_decision_ms": r(turn.ended_ms) if turn is not None else None,
             "commit_ms": r(gen.committed_ms),
             "transcript_ready_ms": r(gen.input_ready_ms),
             "lm_first_token_ms": r(gen.first_token_ms),

@@ -8,8 +8,8 @@ user's real silence and the VAD's own hangover is not added to every response.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -135,8 +135,10 @@ class Listener:
         # Recent audio: enough for the longest turn plus pre-roll.
         self._audio = AudioRing((max_turn_ms + 2 * PREROLL_MS) * ENGINE_RATE // 1000)
         self._pending = np.zeros(0, np.float32)
-        # (absolute end sample, arrival ms) of recent pushes: each VAD window is dated by the push that completed it.
-        self._arrivals: deque[tuple[int, float]] = deque(maxlen=256)
+        # End sample and arrival ms of recent pushes (ascending): each VAD window is dated by the push that completed
+        # it. Kept short: a window's push is at most a few pushes old.
+        self._arrival_ends: list[int] = []
+        self._arrival_ms: list[float] = []
         self._queue: asyncio.Queue[tuple[np.ndarray, float] | None] = asyncio.Queue()
         self._turn_start: int | None = None
         # Final passes by end sample: started early (at the speech stop) and reused by the draft/end of turn.
@@ -240,14 +242,15 @@ class Listener:
         return SpeechStop(at_ms=stop.at_ms, speech_end_ms=self._arrival_of(stop.sample - cut), sample=stop.sample)
 
     def _arrival_of(self, sample: int) -> float:
-        for end, at_ms in self._arrivals:
-            if end >= sample:
-                return at_ms
-        return self._arrivals[-1][1]
+        i = bisect.bisect_left(self._arrival_ends, sample)
+        return self._arrival_ms[min(i, len(self._arrival_ms) - 1)]
 
     def _append(self, samples: np.ndarray, at_ms: float) -> None:
         self._audio.append(samples)
-        self._arrivals.append((self._audio.end, at_ms))
+        self._arrival_ends.append(self._audio.end)
+        self._arrival_ms.append(at_ms)
+        if len(self._arrival_ends) > 512:
+            del self._arrival_ends[:256], self._arrival_ms[:256]
         self._pending = np.concatenate([self._pending, samples])
 
     def _take_windows(self) -> list[np.ndarray]:

@@ -43,6 +43,7 @@ class LoopLagProbe:
     def __init__(self, interval_s: float = 0.01) -> None:
         self.interval_s = interval_s
         self.max_ms = 0.0
+        self.recent_max_ms = 0.0  # largest lag over the last complete 10 s window
         self.samples = 0
         self._window_max = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -67,4 +68,5 @@ class LoopLagProbe:
             self._window_max = max(self._window_max, lag)
             if time.perf_counter() - window_start > 10:
                 LOOP_LAG_MAX.set(self._window_max)
+                self.recent_max_ms = self._window_max
                 self._window_max, window_start = 0.0, time.perf_counter()

@@ -65,7 +65,7 @@ class Session:
         self.playout = Playout(
             link.sample_rate,
             engine.config.webrtc.frame_ms,
-            on_started=lambda gen_id: self._post(lambda now: self.controller.audio_started(now, gen_id)),
+            on_started=self._on_audio_started,
             on_finished=lambda gen_id: self._post(lambda now: self.controller.audio_finished(now, gen_id)),
         )
         context = ContextManager(settings.instructions, settings.context_tokens, stack.lm.count_tokens)
@@ -345,6 +345,11 @@ class Session:
             case Hypothesis(text=text):
                 self._post(lambda now: self._hypothesis(text))
 
+    def _on_audio_started(self, gen_id: str) -> None:
+        # Stamped here, as the frame leaves, not when the inbox gets to it.
+        at = self.now_ms()
+        self._post(lambda now: self.controller.audio_started(at, gen_id))
+
     def _hypothesis(self, text: str) -> list[ctl.Effect]:
         turn = self.controller.turn
         if turn is None or self.controller.state not in (ctl.State.USER_SPEAKING, ctl.State.PAUSED):
@@ -355,11 +360,12 @@ class Session:
                                       delta=delta, transcript=text))]
 
     def _on_response(self, gen_id: str, event: ResponseEvent) -> None:
+        at = self.now_ms()  # when it happened; the inbox may handle it a little later
         match event:
             case Token(text=text):
-                self._post(lambda now: self.controller.lm_token(now, gen_id, text))
+                self._post(lambda now: self.controller.lm_token(at, gen_id, text))
             case AudioChunk(text=text, duration_ms=ms, in_context=in_context):
-                self._post(lambda now: self.controller.audio_ready(now, gen_id, text, ms, in_context))
+                self._post(lambda now: self.controller.audio_ready(at, gen_id, text, ms, in_context))
             case ToolRequest(call=call):
                 self._post(lambda now: self.controller.tool_requested(now, gen_id, call))
             case Finished(error=error):

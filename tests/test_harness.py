@@ -26,7 +26,7 @@ from tests.conftest import ROOT, free_port, silence, speak
 
 # Speculation off: with the echo stack a draft finishes before its commit, and such a draft's audio is never
 # released (an engine bug reported with this harness); the harness itself is what these tests check.
-ECHO = '[server]\nmax_sessions = 8\n[models]\nstack = "echo"\n[session]\nspeculation = false\n'
+ECHO = '[server]\nmax_sessions = 8\n[models]\nstack = "echo"\n'
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int, channels: int = 1, width: int = 2) -> None:
