@@ -79,6 +79,9 @@ class GenerationOptions:
     max_tokens: int = 120
     temperature: float = 0.3
     tools: Sequence[ToolSpec] = ()
+    # OpenAI's tool_choice: "none" keeps the tools described in the prompt (a cached prefix stays valid) but the
+    # model must answer in words.
+    tool_choice: Literal["auto", "none"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ class Generate:
     gen_id: str
     messages: list[Message]
     speculative: bool
+    user_text: str = ""  # the transcript of the turn being answered (the prompt may hold audio codes instead)
 
 
 @dataclass(frozen=True)
@@ -312,14 +313,14 @@ class Controller:
         if not gen.committed:
             if user_input.key:
                 # A draft's prompt is built from the history plus this input; the history itself is untouched.
-                self._emit(Generate(gen.id, self.context.messages_for(user_input), speculative=True))
+                self._emit(Generate(gen.id, self.context.messages_for(user_input), True, user_input.text))
         elif not user_input.key:
             # Committed before its transcript was ready, and nothing intelligible was said.
             self._finish_response(gen, now, "cancelled", reason="empty_input")
             self._set(State.LISTENING)
         else:
             self._user_turn_to_context(user_input)
-            self._emit(Generate(gen.id, self.context.messages_for(None), speculative=False))
+            self._emit(Generate(gen.id, self.context.messages_for(None), False, user_input.text))
         return self._flush()
 
     def lm_token(self, now: float, gen_id: str, text: str) -> list[Effect]:
@@ -547,7 +548,7 @@ class Controller:
         gen.input = user_input
         gen.input_ready_ms = now
         self._start_response(gen, now)
-        self._emit(Generate(gen.id, self.context.messages_for(None), speculative=False))
+        self._emit(Generate(gen.id, self.context.messages_for(None), False, user_input.text))
 
     def _commit(self, gen: Gen, now: float) -> None:
         self.draft = None
@@ -727,7 +728,7 @@ class Controller:
             "response.function_call.completed", response_id=gen.response_id, call_id=tool.call.id,
             name=tool.call.name, output=result, timed_out=timed_out, duration_ms=round(now - tool.started_ms, 1),
         )
-        self._emit(Generate(gen.id, self.context.messages_for(None), speculative=False))
+        self._emit(Generate(gen.id, self.context.messages_for(None), False, gen.input.text if gen.input else ""))
 
     # --- plumbing --------------------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import time
 import wave
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -293,9 +293,12 @@ class Session:
             return
         s = self.settings
         tools = self.engine.tools.specs if s.tools else []
+        # Tools stay described in the prompt (its cached prefix stays valid) but may not be called when none fits.
+        choice: Literal["auto", "none"] = "auto" if self.engine.tools.any_relevant(effect.user_text) else "none"
         response = Response(
             effect.gen_id, self.engine.stack.lm, self.engine.stack.tts, self.engine.tts_executor, self.voice,
-            GenerationOptions(max_tokens=s.max_response_tokens, temperature=s.temperature, tools=tools),
+            GenerationOptions(max_tokens=s.max_response_tokens, temperature=s.temperature, tools=tools,
+                              tool_choice=choice),
             self.link.sample_rate, self._on_response, self.playout.enqueue, self.playout.end,
         )
         if not effect.speculative:

@@ -94,6 +94,7 @@ def test_pause_starts_a_draft_then_end_of_turn_commits_it() -> None:
     assert gen.speculative
     # The draft's prompt holds the user's words; the history does not.
     assert gen.messages[-1].content == "What is the capital of France?"
+    assert gen.user_text == "What is the capital of France?"  # what the tool gate reads
     assert s.context.history == []
     s.generate(1550, gen.gen_id, ["Paris", " is", " the", " capital."])
     assert not s.of(ctl.ReleaseAudio), "a draft's audio never goes out before commit"

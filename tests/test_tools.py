@@ -8,7 +8,7 @@ import json
 import pytest
 
 from models.interfaces import ToolCall
-from realtime.tools import ToolError, calculate, current_time, default_tools
+from realtime.tools import ToolError, asks_arithmetic, asks_time, calculate, current_time, default_tools
 
 
 def test_calculator_is_arithmetic_only() -> None:
@@ -35,3 +35,21 @@ def test_registry_reports_errors_to_the_lm_as_text() -> None:
     assert "unknown tool" in run(registry.run(ToolCall("2", "rm_rf", {})))
     assert "missing argument" in run(registry.run(ToolCall("3", "calculate", {})))
     assert "division by zero" in run(registry.run(ToolCall("4", "calculate", {"expression": "1/0"})))
+
+
+@pytest.mark.parametrize(
+    ("text", "time", "arithmetic"),
+    [
+        ("What time is it in Tokyo right now?", True, False),
+        ("What's today's date in London?", True, False),
+        ("What is seventeen times twenty three?", False, True),
+        ("How much is 15 percent of 80?", False, True),
+        ("What is 12 * 7?", False, True),
+        ("I keep waking up at three in the morning.", False, False),
+        ("My basil plant looks kind of droopy.", False, False),
+        ("I'm planning a trip to Lisbon in the spring.", False, False),
+    ],
+)
+def test_tools_are_offered_only_when_the_request_fits(text: str, time: bool, arithmetic: bool) -> None:
+    assert asks_time(text) is time and asks_arithmetic(text) is arithmetic
+    assert default_tools().any_relevant(text) is (time or arithmetic)

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from llama_cpp import Llama
+import numpy as np
+from llama_cpp import Llama, LogitsProcessorList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from models.interfaces import GenerationOptions, LMDelta, Message
@@ -77,6 +78,9 @@ class LlamaLM:
             ids = self.llm.tokenize(marker.encode(), add_bos=False, special=True)
             if len(ids) == 1:
                 self._stop_ids.add(ids[0])
+        self._no_tool_tokens: np.ndarray | None = None
+        if self.supports_tools:
+            self._tool_call_tokens()  # a 0.3 s scan of the vocabulary: at load, not in a caller's turn
         self._executor = stage_executor("lm")
         self._lock = asyncio.Lock()
         self._tokenize_lock = threading.Lock()
@@ -104,6 +108,10 @@ class LlamaLM:
         if room < 8:
             raise RuntimeError(f"prompt of {len(tokens)} tokens leaves no room in a {self.llm.n_ctx()}-token context")
         known = {t.name for t in options.tools}
+        processors = None
+        if options.tool_choice == "none" and options.tools:
+            banned = self._tool_call_tokens()
+            processors = LogitsProcessorList([lambda ids, scores: _ban(scores, banned)])
         pending = b""
         in_tool = False
         tool_body = ""
@@ -112,7 +120,8 @@ class LlamaLM:
         lead = ""
         bare_json: bool | None = None
         for count, token in enumerate(
-            self.llm.generate(tokens, temp=options.temperature, top_p=0.9, top_k=40, repeat_penalty=1.1)
+            self.llm.generate(tokens, temp=options.temperature, top_p=0.9, top_k=40, repeat_penalty=1.1,
+                              logits_processor=processors)
         ):
             if token in self._stop_ids or count >= min(options.max_tokens, room):
                 break
@@ -148,3 +157,16 @@ class LlamaLM:
                 yield LMDelta(tool_call=call)
             elif bare_json:
                 yield LMDelta(text=lead)
+
+    def _tool_call_tokens(self) -> np.ndarray:
+        """Tokens that would start a tool call: the <tool_call> token and any token whose text opens with "{"."""
+        if self._no_tool_tokens is None:
+            ids = [i for i in range(self.llm.n_vocab())
+                   if self.llm.detokenize([i], special=True).lstrip().startswith((b"{", TAG_OPEN.encode()))]
+            self._no_tool_tokens = np.array(ids, dtype=np.int64)
+        return self._no_tool_tokens
+
+
+def _ban(scores: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    scores[tokens] = -np.inf
+    return scores

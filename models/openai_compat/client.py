@@ -175,7 +175,9 @@ class OpenAILM:
             body["stop"] = list(cfg.stop)
         if options.tools and cfg.tools:
             body["tools"] = [t.as_openai() for t in options.tools]
-            if cfg.tool_choice in ("auto", "required", "none"):
+            if options.tool_choice == "none":
+                body["tool_choice"] = "none"
+            elif cfg.tool_choice in ("auto", "required", "none"):
                 body["tool_choice"] = cfg.tool_choice
             elif cfg.tool_choice:
                 body["tool_choice"] = {"type": "function", "function": {"name": cfg.tool_choice}}
