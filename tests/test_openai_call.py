@@ -145,8 +145,11 @@ async def test_conversation_with_speculation_and_barge_in(tmp_path: Path) -> Non
                                       where=lambda e: e["response"]["id"] == created["response"]["id"])
             assert cut["response"]["status"] == "cancelled", cut
             assert cut["response"]["status_details"]["reason"] == "turn_detected"
-            # The reply's audio stopped soon after the user started talking over it.
-            last = call.received.last_speech_before(time.monotonic())
+            # The reply's audio stopped soon after the user started talking over it. The interruption is a turn of
+            # its own whose answer may already be playing, so look only before that answer was created.
+            nxt = [t for t, e in call.events if e.get("type") == "response.created" and t >= t_barge
+                   and e["response"]["id"] != created["response"]["id"]]
+            last = call.received.last_speech_before(min(nxt, default=time.monotonic()))
             assert last is not None and last - t_barge < 2.5
             print(f"\n[openai-call] reply onset {1000 * (onset - t3):.0f} ms after the question was queued; "
                   f"barge-in cut the reply {1000 * (last - t_barge):.0f} ms after the interruption was queued")
