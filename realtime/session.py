@@ -19,7 +19,7 @@ import time
 import wave
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -276,8 +276,7 @@ class Session:
 
     async def _warm_lm(self, messages: list[Any]) -> None:
         """One token over the new history: local LMs keep that prefix cached for the next turn."""
-        options = GenerationOptions(max_tokens=1, temperature=0.0,
-                                    tools=self.engine.tools.specs if self.settings.tools else ())
+        options = GenerationOptions(max_tokens=1, temperature=0.0)  # no tools: what most turns are offered
         try:
             async for _ in self.engine.stack.lm.stream(messages, options):
                 pass
@@ -292,13 +291,12 @@ class Session:
             existing.resume(effect.messages)
             return
         s = self.settings
-        tools = self.engine.tools.specs if s.tools else []
-        # Tools stay described in the prompt (its cached prefix stays valid) but may not be called when none fits.
-        choice: Literal["auto", "none"] = "auto" if self.engine.tools.any_relevant(effect.user_text) else "none"
+        # Only the tools this turn could need are offered; most turns get none, which is also the prompt the
+        # idle-time prefill cached (`_warm_lm`), so their prefix stays valid.
+        tools = self.engine.tools.relevant_specs(effect.user_text) if s.tools else []
         response = Response(
             effect.gen_id, self.engine.stack.lm, self.engine.stack.tts, self.engine.tts_executor, self.voice,
-            GenerationOptions(max_tokens=s.max_response_tokens, temperature=s.temperature, tools=tools,
-                              tool_choice=choice),
+            GenerationOptions(max_tokens=s.max_response_tokens, temperature=s.temperature, tools=tools),
             self.link.sample_rate, self._on_response, self.playout.enqueue, self.playout.end,
         )
         if not effect.speculative:

@@ -47,9 +47,11 @@ class ToolRegistry:
                  relevant: Callable[[str], bool] | None = None) -> None:
         self._tools[name] = Tool(ToolSpec(name, description, parameters), fn, relevant)
 
-    def any_relevant(self, user_text: str) -> bool:
-        """Whether some tool could serve this user turn; if none can, the LM answers without calling one."""
-        return any(t.relevant is None or t.relevant(user_text) for t in self._tools.values())
+    def relevant_specs(self, user_text: str) -> list[ToolSpec]:
+        """The tools offered to the LM for this user turn. Tools that do not fit are left out of the prompt
+        altogether: described but forbidden (tool_choice "none"), a 0.5B model talks *about* them instead
+        (measured: 14 of 24 corpus replies explained the `<tools>` tag to the user)."""
+        return [t.spec for t in self._tools.values() if t.relevant is None or t.relevant(user_text)]
 
     @property
     def specs(self) -> list[ToolSpec]:

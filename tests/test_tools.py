@@ -52,4 +52,5 @@ def test_registry_reports_errors_to_the_lm_as_text() -> None:
 )
 def test_tools_are_offered_only_when_the_request_fits(text: str, time: bool, arithmetic: bool) -> None:
     assert asks_time(text) is time and asks_arithmetic(text) is arithmetic
-    assert default_tools().any_relevant(text) is (time or arithmetic)
+    offered = {spec.name for spec in default_tools().relevant_specs(text)}
+    assert offered == {name for name, fits in (("get_current_time", time), ("calculate", arithmetic)) if fits}
