@@ -166,6 +166,9 @@ async def _startup(app: web.Application) -> None:
         except Exception:
             log.exception("loading the %s stack failed", engine.config.models.stack)
             raise
+        # Building the models holds the GIL for up to ~0.2 s at a time, before any call can exist; the lag
+        # figures /healthz reports are those calls could have suffered.
+        app[PROBE].reset()
 
     # Listen at once and report "loading" on /healthz: a process manager can tell starting from stuck.
     app[LOADER] = asyncio.create_task(load(), name="load-stack")

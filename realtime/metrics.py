@@ -51,6 +51,10 @@ class LoopLagProbe:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="loop-lag-probe")
 
+    def reset(self) -> None:
+        """Forget the maxima so far (the model load's GIL-heavy start-up is no call's lag)."""
+        self.max_ms = self._window_max = self.recent_max_ms = 0.0
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

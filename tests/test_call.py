@@ -116,6 +116,13 @@ async def test_the_lm_calls_a_tool_and_speaks_its_result(embedded_server: str) -
         assert '"result": 391' in completed[0]["output"]
         assert "391" in done["response"]["output_text"].replace(",", ""), done["response"]["output_text"]
         assert "{" not in done["response"]["output_text"], "tool-call JSON must never be spoken"
+        # An ordinary request in the same call is answered in words: no tool call, and no talk about tools
+        # (a small model shown tools it may not call explains them to the user instead).
+        audio, rate = speak("I'm planning a trip to Lisbon in the spring.")
+        _, done = await one_turn(call, audio, rate)
+        text = done["response"]["output_text"]
+        assert len(call.of_type("response.function_call.started")) == 1, text
+        assert text.strip() and not any(w in text.lower() for w in ("function", "tool", "json", "`", "{")), text
     finally:
         await call.close()
 
