@@ -213,6 +213,7 @@ class Stats:
     tokens_total: int = 0
     tokens_wasted: int = 0
     cancel_latency_ms: list[float] = field(default_factory=list)
+    draft_cancel_latency_ms: list[float] = field(default_factory=list)  # the discarded drafts' share of the above
     voice_to_voice_ms: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -221,6 +222,8 @@ class Stats:
                 "n": len(xs),
                 "mean": round(statistics.fmean(xs), 1) if xs else None,
                 "p50": round(statistics.median(xs), 1) if xs else None,
+                "p90": round(statistics.quantiles(xs, n=10, method="inclusive")[-1], 1) if len(xs) > 1 else
+                (round(xs[0], 1) if xs else None),
                 "max": round(max(xs), 1) if xs else None,
             }
 
@@ -235,6 +238,7 @@ class Stats:
             "tokens_wasted": self.tokens_wasted,
             "wasted_token_ratio": round(self.tokens_wasted / self.tokens_total, 3) if self.tokens_total else 0.0,
             "cancel_latency_ms": dist(self.cancel_latency_ms),
+            "draft_cancel_latency_ms": dist(self.draft_cancel_latency_ms),
             "voice_to_voice_ms": dist(self.voice_to_voice_ms),
             "barge_ins": self.barge_ins,
         }
@@ -383,6 +387,8 @@ class Controller:
         if gen.cancel_requested_ms is not None:
             # The work has actually stopped: that is the cancellation latency the brief asks us to measure.
             self.stats.cancel_latency_ms.append(now - gen.cancel_requested_ms)
+            if gen.speculative and gen.committed_ms is None:
+                self.stats.draft_cancel_latency_ms.append(now - gen.cancel_requested_ms)
             del self._gens[gen_id]
             return []
         gen.lm_done = True

@@ -135,7 +135,7 @@ def test_speech_resuming_discards_the_draft_promptly() -> None:
     assert s.c.state == ctl.State.USER_SPEAKING
     # The work stops later; that delay is the cancellation latency.
     s.at(1430, "generation_finished", gen.gen_id, None)
-    assert s.c.stats.cancel_latency_ms == [30]
+    assert s.c.stats.cancel_latency_ms == [30] and s.c.stats.draft_cancel_latency_ms == [30]
     # A late token from the cancelled draft changes nothing.
     assert s.at(1431, "lm_token", gen.gen_id, "x") == []
     # The same turn goes on: second pause, second draft, committed.
@@ -253,6 +253,9 @@ def test_barge_in_stops_audio_and_truncates_to_what_was_heard() -> None:
     done = s.events("response.done")[0]["response"]
     assert done["status"] == "cancelled" and done["status_details"]["reason"] == "turn_detected"
     assert s.c.stats.barge_ins == 1
+    # Stopping a committed reply counts as a cancellation, not as a discarded draft's.
+    s.at(2950, "generation_finished", gen.gen_id, None)
+    assert s.c.stats.cancel_latency_ms == [50] and s.c.stats.draft_cancel_latency_ms == []
 
 
 def test_speech_right_after_end_of_turn_reopens_the_turn() -> None:
