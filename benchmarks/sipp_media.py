@@ -7,9 +7,13 @@ the reply RTP that Parley sends to a test's UDP socket.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -128,3 +132,21 @@ class ReplyStream:
 
     def audio(self) -> np.ndarray:
         return np.concatenate(self.pcm) if self.pcm else np.zeros(0, np.float32)
+
+
+class RtpCapture(asyncio.DatagramProtocol):
+    """The caller's media socket: every RTP packet Parley sends, per source, with its arrival time."""
+
+    def __init__(self, codec: g711.Codec) -> None:
+        self.codec = codec
+        self.streams: dict[tuple[str, int], ReplyStream] = {}
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        packet = rtp.parse(data)
+        self.streams.setdefault((addr[0], addr[1]), ReplyStream()).add(time.monotonic(), packet, self.codec)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

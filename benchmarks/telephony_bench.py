@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks import sipp_media
+from benchmarks.sipp_media import RtpCapture, free_udp_port
 from benchmarks.twilio_client import TwilioCall
-from realtime.transports import g711, rtp
+from realtime.transports import g711
 
 SCENARIO = Path(__file__).resolve().parent.parent / "tests" / "sip" / "call.xml"
 QUESTIONS = [
@@ -106,25 +107,6 @@ async def twilio_latency(url: str, turns: int) -> dict[str, Any]:
             "stages": breakdown}
 
 
-class _Capture(asyncio.DatagramProtocol):
-    def __init__(self, codec: g711.Codec) -> None:
-        self.codec = codec
-        self.streams: dict[tuple[str, int], sipp_media.ReplyStream] = {}
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        packet = rtp.parse(data)
-        self.streams.setdefault((addr[0], addr[1]), sipp_media.ReplyStream()).add(time.monotonic(), packet,
-                                                                                   self.codec)
-
-
-def _free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _scenario(workdir: Path, pcap: Path, hold_ms: int) -> Path:
     text = SCENARIO.read_text().replace("@PCAP@", str(pcap)).replace("@CODECS@", "0").replace("@HOLD_MS@",
                                                                                                  str(hold_ms))
@@ -136,7 +118,7 @@ def _scenario(workdir: Path, pcap: Path, hold_ms: int) -> Path:
 def _sipp(sip_port: int, scenario: Path, capture_port: int, calls: int, tag: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         ["sipp", f"127.0.0.1:{sip_port}", "-sf", str(scenario), "-m", str(calls), "-l", str(calls),
-         "-r", str(calls), "-i", "127.0.0.1", "-p", str(_free_udp_port()), "-mp", str(_free_udp_port()),
+         "-r", str(calls), "-i", "127.0.0.1", "-p", str(free_udp_port()), "-mp", str(free_udp_port()),
          "-key", "capture_port", str(capture_port), "-s", "15550100", "-cid_str", f"{tag}-%u", "-nostdin",
          "-timeout", "300", "-timeout_error", "-max_socket", "4096"],
         stdout=log.open("w"), stderr=subprocess.STDOUT,
@@ -158,9 +140,9 @@ async def sip_latency(url: str, sip_port: int, turns: int, turn_s: float) -> dic
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         pcap = sipp_media.write_pcap(work / "questions.pcap", sipp_media.rtp_packets(speech, "PCMU", tail_ms=5000))
-        capture_port = _free_udp_port()
+        capture_port = free_udp_port()
         loop = asyncio.get_running_loop()
-        transport, capture = await loop.create_datagram_endpoint(lambda: _Capture("PCMU"),
+        transport, capture = await loop.create_datagram_endpoint(lambda: RtpCapture("PCMU"),
                                                                  local_addr=("127.0.0.1", capture_port))
         tag = secrets.token_hex(3)
         hold_ms = int((turns * turn_s + 4) * 1000)
@@ -220,9 +202,9 @@ async def sip_capacity(url: str, sip_port: int, calls: int, hold_s: float) -> di
         work = Path(tmp)
         packets = sipp_media.rtp_packets(sipp_media.to_8k(speech, rate), "PCMU", tail_ms=int(hold_s * 1000) + 2000)
         pcap = sipp_media.write_pcap(work / "caller.pcap", packets)
-        capture_port = _free_udp_port()
+        capture_port = free_udp_port()
         loop = asyncio.get_running_loop()
-        transport, capture = await loop.create_datagram_endpoint(lambda: _Capture("PCMU"),
+        transport, capture = await loop.create_datagram_endpoint(lambda: RtpCapture("PCMU"),
                                                                  local_addr=("127.0.0.1", capture_port))
         tag = secrets.token_hex(3)
         before = {s["session_id"] for s in _get(f"{url}/stats")["recent"]}

@@ -7,14 +7,11 @@ module. Speech comes from hibari-tts (natural, 24 kHz) or Debian's pocketsphinx-
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -22,19 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.server_process import free_port, healthz
+
 ROOT = Path(__file__).resolve().parent.parent
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def healthz(url: str) -> dict:
-    with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-        return json.loads(r.read())
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from benchmarks import sipp_media
+from benchmarks.sipp_media import RtpCapture, free_udp_port
 from realtime.transports import g711, rtp, sdp
 from tests.conftest import healthz, run_server, speak, words
 
@@ -32,12 +33,6 @@ needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="needs SIPp
 
 SCENARIO = Path(__file__).parent / "sip" / "call.xml"
 NUMBER = "15550100"
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -81,24 +76,11 @@ def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SipServer]:
 # --- the phone side: SIPp, a capture socket and the event tap ------------------------------------------------
 
 
-class Capture(asyncio.DatagramProtocol):
-    """The caller's media socket: every RTP packet Parley sends, per source, with its arrival time."""
-
-    def __init__(self, codec: g711.Codec) -> None:
-        self.codec = codec
-        self.streams: dict[tuple[str, int], sipp_media.ReplyStream] = {}
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        packet = rtp.parse(data)
-        self.streams.setdefault((addr[0], addr[1]), sipp_media.ReplyStream()).add(time.monotonic(), packet,
-                                                                                   self.codec)
-
-
 @dataclass
 class SippCall:
     server: SipServer
     call_id: str
-    capture: Capture
+    capture: RtpCapture
     process: asyncio.subprocess.Process | None = None
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     sip_port: int = 0
@@ -145,7 +127,7 @@ async def place_call(server: SipServer, tmp_path: Path, speech: np.ndarray, rate
     scenario.write_text(text.replace("@HOLD_MS@", str(hold_ms)))
     loop = asyncio.get_running_loop()
     capture_port = free_udp_port()
-    _, capture = await loop.create_datagram_endpoint(lambda: Capture(codec), local_addr=("127.0.0.1", capture_port))
+    _, capture = await loop.create_datagram_endpoint(lambda: RtpCapture(codec), local_addr=("127.0.0.1", capture_port))
     call = SippCall(server, f"{tag}-1", capture, sip_port=free_udp_port(), log=tmp_path / f"sipp-{tag}.log")
     call.started = time.monotonic()
     call.process = await asyncio.create_subprocess_exec(
