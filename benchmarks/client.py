@@ -30,6 +30,7 @@ from realtime.audio import Resampler, to_int16
 from realtime.config import IceConfig
 from realtime.transports import ice
 from realtime.transports.aiortc_tuning import tune_receiver
+from realtime.transports.trackclock import TrackClock
 
 RATE = 48000
 FRAME = 960  # 20 ms at 48 kHz
@@ -68,8 +69,7 @@ class MicTrack(MediaStreamTrack):
         self._queued = 0
         self._marks: list[tuple[int, str]] = []
         self.mark_times: dict[str, float] = {}
-        self._start: float | None = None
-        self._pts = 0
+        self._clock = TrackClock(RATE)
 
     def enqueue(self, samples48k: np.ndarray, marks: dict[str, int] | None = None) -> None:
         """Queue audio; `marks` name sample offsets inside it whose send time should be recorded."""
@@ -85,13 +85,7 @@ class MicTrack(MediaStreamTrack):
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += FRAME
-            wait = self._start + self._pts / RATE - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        pts = await self._clock.next_frame(FRAME)
         while self._buffer.size < FRAME and self._queue:
             self._buffer = np.concatenate([self._buffer, self._queue.popleft()])
         take = min(FRAME, self._buffer.size)
@@ -104,7 +98,7 @@ class MicTrack(MediaStreamTrack):
             self.mark_times[self._marks.pop(0)[1]] = now
         frame = AudioFrame.from_ndarray(to_int16(out)[None, :], format="s16", layout="mono")
         frame.sample_rate = RATE
-        frame.pts = self._pts
+        frame.pts = pts
         frame.time_base = Fraction(1, RATE)
         return frame
 

@@ -8,7 +8,6 @@ server receives exactly what a normal caller sends: Opus in RTP, 20 ms a packet,
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections import deque
@@ -19,6 +18,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from realtime.audio import to_int16
+from realtime.transports.trackclock import TrackClock
 
 RATE = 48000
 FRAME = 960
@@ -79,8 +79,7 @@ class OpusMic(MediaStreamTrack):
         self._queued = 0
         self._marks: list[tuple[int, str]] = []  # (frame index holding the marked sample, name)
         self.mark_times: dict[str, float] = {}
-        self._start: float | None = None
-        self._pts = 0
+        self._clock = TrackClock(RATE)
 
     def enqueue(self, samples48k: np.ndarray, marks: dict[str, int] | None = None) -> None:
         for name, offset in (marks or {}).items():
@@ -97,13 +96,7 @@ class OpusMic(MediaStreamTrack):
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += FRAME
-            wait = self._start + self._pts / RATE - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        pts = await self._clock.next_frame(FRAME)
         if self._packets:
             data = self._packets.popleft()
             self._sent += 1
@@ -113,6 +106,6 @@ class OpusMic(MediaStreamTrack):
         while self._marks and self._marks[0][0] <= self._sent:
             self.mark_times[self._marks.pop(0)[1]] = now
         packet = av.Packet(data)
-        packet.pts = self._pts
+        packet.pts = pts
         packet.time_base = TIME_BASE
         return packet

@@ -23,6 +23,7 @@ from realtime.audio import ENGINE_RATE, Resampler, to_int16
 from realtime.config import SessionConfig
 from realtime.playout import Playout
 from realtime.transports import aiortc_tuning, ice
+from realtime.transports.trackclock import TrackClock
 
 if TYPE_CHECKING:
     from realtime.engine import Engine
@@ -46,27 +47,19 @@ class PlayoutTrack(MediaStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self.playout: Playout | None = None
-        self._start: float | None = None
-        self._pts = 0
-        self.late_frames = 0
+        self._clock: TrackClock | None = None
 
     async def recv(self) -> AudioFrame:
         if self.readyState != "live" or self.playout is None:
             raise MediaStreamError
         playout = self.playout
-        rate, n = playout.sample_rate, playout.frame_samples
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += n
-            wait = self._start + self._pts / rate - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif wait < -0.005:
-                self.late_frames += 1
+        rate = playout.sample_rate
+        if self._clock is None:
+            self._clock = TrackClock(rate)
+        pts = await self._clock.next_frame(playout.frame_samples)
         frame = AudioFrame.from_ndarray(to_int16(playout.next_frame())[None, :], format="s16", layout="mono")
         frame.sample_rate = rate
-        frame.pts = self._pts
+        frame.pts = pts
         frame.time_base = Fraction(1, rate)
         return frame
 
