@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import faulthandler
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -16,6 +18,7 @@ from aiohttp import web
 from realtime.config import Config, ConfigError, load_config, validate
 
 log = logging.getLogger("parley")
+STARTUP_FAILED = 3  # a model failed to load or warm up; the message says which and what to do
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +43,7 @@ def serve(config: Config, worker: int, reuse_port: bool) -> None:
     """One worker process: its own event loop (uvloop), engine and models."""
     import uvloop
 
-    from realtime.app import create_app
+    from realtime.app import FAILURE, create_app
 
     logging.basicConfig(
         level=config.server.log_level.upper(),
@@ -50,11 +53,16 @@ def serve(config: Config, worker: int, reuse_port: bool) -> None:
     for noisy in ("aioice", "aiortc", "faster_whisper"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # A native crash (a llama.cpp build that does not suit this CPU) then prints which Python call it was in.
+    faulthandler.enable()
     app = create_app(config)
-    log.info("Parley worker %d listening on http://%s:%d (stack: %s)", worker, config.server.host,
-             config.server.port, config.models.stack)
+    log.info("Parley worker %d loading the %s stack on http://%s:%d (/healthz answers, /readyz is 503 until warm)",
+             worker, config.models.stack, config.server.host, config.server.port)
     web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port,
                 print=None, handle_signals=True, shutdown_timeout=5)
+    if app[FAILURE]:
+        print(f"parley: start-up failed: {app[FAILURE][0]}", file=sys.stderr)
+        sys.exit(STARTUP_FAILED)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # One worker whose models cannot start means none can: stop them all rather than serve at part capacity.
+    pending = list(procs)
+    while pending:
+        multiprocessing.connection.wait([p.sentinel for p in pending])
+        for proc in [p for p in pending if not p.is_alive()]:
+            pending.remove(proc)
+            if proc.exitcode == STARTUP_FAILED:
+                stop(signal.SIGTERM, None)
     for proc in procs:
         proc.join()
     return max((p.exitcode or 0) for p in procs)

@@ -169,13 +169,3 @@ class ModelStack:
     tts: SpeechSynthesizer
     # Extra facts a stack wants in /healthz (model files, versions).
     info: dict[str, Any] = field(default_factory=dict)
-
-    def warm_up(self) -> None:
-        """Run each stage once so the first call of the first session pays no lazy initialisation."""
-        vs = self.vad.open_stream()
-        vs.probability(np.zeros(self.vad.frame_samples, np.float32))
-        # A second of quiet noise: the tokenizer's first pass pays its graph set-up here, not in a caller's turn.
-        noise = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.01
-        self.tokenizer.open_stream().finalize(noise)
-        for _ in self.tts.stream("Hello.", VoiceSettings()):
-            pass

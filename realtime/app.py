@@ -2,7 +2,8 @@
 
     GET  /          the browser client (web/)
     POST /offer     {"sdp", "type": "offer", "session": {...overrides}} -> {"sdp", "type": "answer", "session_id"}
-    GET  /healthz   liveness and readiness
+    GET  /healthz   liveness (200 while the process serves HTTP), with a `ready` field and the figures
+    GET  /readyz    readiness: 200 once every model is loaded and warm, 503 (with the reason) before
     GET  /stats     live sessions and the last sessions' summaries
     GET  /sessions/{id}/events   WebSocket tap of one live session's events (any transport)
     GET  /metrics   Prometheus
@@ -15,12 +16,14 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from models.warmup import WarmUpError
 from realtime import metrics
 from realtime.config import Config, ConfigError
 from realtime.engine import CapacityError, Engine
@@ -34,6 +37,8 @@ ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 CALLS = web.AppKey("calls", set[WebRTCCall])
 PROBE: web.AppKey[metrics.LoopLagProbe] = web.AppKey("probe", metrics.LoopLagProbe)
 LOADER: web.AppKey[asyncio.Task[None]] = web.AppKey("loader", asyncio.Task)
+# Set when the stack failed to load or warm up: server.py exits non-zero with it after the app stops.
+FAILURE: web.AppKey[list[str]] = web.AppKey("failure", list)
 RETRY_AFTER_S = 2
 
 
@@ -83,6 +88,8 @@ async def healthz(request: web.Request) -> web.Response:
     probe = request.app[PROBE]
     return web.json_response({
         "status": "ok" if engine.ready else "loading",
+        "ready": engine.ready,
+        "not_ready_reason": engine.not_ready_reason or None,
         "pid": os.getpid(),
         "stack": engine.stack.name if engine.ready else engine.config.models.stack,
         "sessions": len(engine.sessions),
@@ -96,7 +103,19 @@ async def healthz(request: web.Request) -> web.Response:
         "event_loop_lag_recent_max_ms": round(probe.recent_max_ms, 2),
         "ice": ice.summary(engine.config.ice),
         "models": engine.stack.info if engine.ready else {},
+        "warm_up_ms": engine.warm_up.stage_ms if engine.warm_up is not None else {},
     })
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """For load balancers and Kubernetes readiness probes: 200 only when a call would be taken now."""
+    engine = request.app[ENGINE]
+    full = len(engine.sessions) >= engine.config.server.max_sessions
+    if engine.ready and not full:
+        return web.json_response({"ready": True, "sessions": len(engine.sessions)})
+    reason = engine.not_ready_reason if not engine.ready else "at capacity"
+    return web.json_response({"ready": False, "reason": reason}, status=503,
+                             headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -140,10 +159,12 @@ def create_app(config: Config, engine: Engine | None = None) -> web.Application:
     calls: set[WebRTCCall] = set()
     app[CALLS] = calls
     app[PROBE] = metrics.LoopLagProbe()
+    app[FAILURE] = []
     app.router.add_get("/", index)
     app.router.add_static("/static/", WEB_DIR, show_index=False)
     app.router.add_post("/offer", offer)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/stats", stats)
     app.router.add_get("/sessions/{session_id}/events", session_events)
     app.router.add_get("/metrics", prometheus)
@@ -163,14 +184,22 @@ async def _startup(app: web.Application) -> None:
     async def load() -> None:
         try:
             await engine.load()
-        except Exception:
-            log.exception("loading the %s stack failed", engine.config.models.stack)
-            raise
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, WarmUpError) else f"loading the {engine.config.models.stack} stack " \
+                f"failed: {type(exc).__name__}: {exc}"
+            log.critical("%s", message, exc_info=not isinstance(exc, WarmUpError))
+            app[FAILURE].append(message)
+            # Stop the whole server: a process manager restarts it, and no caller meets a dead model.
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         # Building the models holds the GIL for up to ~0.2 s at a time, before any call can exist; the lag
         # figures /healthz reports are those calls could have suffered.
         app[PROBE].reset()
+        server = engine.config.server
+        log.info("Parley ready: listening on http://%s:%d (stack: %s)", server.host, server.port, engine.stack.name)
 
-    # Listen at once and report "loading" on /healthz: a process manager can tell starting from stuck.
+    # Answer /healthz at once (alive, "loading") and /readyz 503 until warm: a process manager can tell starting
+    # from stuck, and a load balancer sends no call before the models have run once.
     app[LOADER] = asyncio.create_task(load(), name="load-stack")
 
 

@@ -40,6 +40,15 @@ class Resampler:
         return np.concatenate([f.to_ndarray().reshape(-1) for f in out]).astype(np.float32, copy=False)
 
 
+def resample(audio: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
+    """A whole clip at another rate, flushed so its tail is not left in the filter, same duration."""
+    if in_rate == out_rate:
+        return audio.astype(np.float32)
+    r = Resampler(in_rate, out_rate)
+    out = np.concatenate([r.process(audio.astype(np.float32)), r.process(np.zeros(in_rate // 10, np.float32))])
+    return out[: round(audio.size * out_rate / in_rate)]
+
+
 def to_int16(samples: np.ndarray) -> np.ndarray:
     return (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
 

@@ -19,12 +19,16 @@ from typing import Any
 from models.interfaces import GenerationOptions, Message, ModelStack
 from models.registry import load_stack
 from models.threaded import stage_executor
+from models.warmup import WarmUpError, WarmUpReport, warm_up_audio_stages
 from realtime import metrics
 from realtime.config import Config, SessionConfig, with_session_overrides
 from realtime.session import Session, TransportLink, voice_settings
 from realtime.tools import ToolRegistry, default_tools
 
 log = logging.getLogger(__name__)
+
+
+LM_RETRY_S = 2.0
 
 
 class CapacityError(Exception):
@@ -45,6 +49,8 @@ class Engine:
         self.load_seconds: float | None = None
         self._ids = itertools.count(1)
         self._ready = asyncio.Event()
+        self.not_ready_reason = "starting"
+        self.warm_up: WarmUpReport | None = None
 
     @property
     def stack(self) -> ModelStack:
@@ -54,37 +60,63 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        """Loaded *and* warm: a first call must not meet a cold LM prefix."""
+        """Loaded *and* warm: every stage ran once, the LM decoded with the real instructions."""
         return self._ready.is_set()
 
     async def load(self) -> None:
-        """Load and warm the stack off the event loop (seconds), once per process."""
+        """Load and warm the stack off the event loop (seconds), once per process.
+
+        Raises WarmUpError (naming the stage, the model and the remedy) when a local model fails to load or to
+        run. A remote LM that does not answer yet is waited for instead: `not_ready_reason` says so meanwhile.
+        """
         if self._stack is None:
             loop = asyncio.get_running_loop()
             t0 = time.perf_counter()
             with ThreadPoolExecutor(1, thread_name_prefix="parley-load") as pool:
-                stack = await loop.run_in_executor(pool, load_stack, self.config)
-                await loop.run_in_executor(pool, stack.warm_up)
+                self.not_ready_reason = f"loading the {self.config.models.stack} stack"
+                try:
+                    stack = await loop.run_in_executor(pool, load_stack, self.config)
+                except WarmUpError:
+                    raise
+                except Exception as exc:
+                    raise WarmUpError("stack", self.config.models.stack, f"{type(exc).__name__}: {exc}",
+                                      what="failed to load") from exc
+                self.not_ready_reason = "warming up VAD, TTS and ASR"
+                report = await loop.run_in_executor(pool, warm_up_audio_stages, stack)
             self._stack = stack
-            await self._prefill_instructions()
+            self.not_ready_reason = "warming up the LM"
+            report.stage_ms["lm"] = await self._warm_up_lm()
+            self.warm_up = report
             self.load_seconds = time.perf_counter() - t0
-            log.info("stack %s loaded in %.1f s: %s", stack.name, self.load_seconds, stack.info)
+            log.info("stack %s loaded and warm in %.1f s (stage ms %s; ASR heard %r): %s", stack.name,
+                     self.load_seconds, report.stage_ms, report.transcript, stack.info)
+        self.not_ready_reason = ""
         self._ready.set()
 
-    async def _prefill_instructions(self) -> None:
-        """One short generation with the default system prompt and tools, so local LMs cache that prefix.
+    async def _warm_up_lm(self) -> float:
+        """One short generation with the default system prompt and tools; its time in ms.
 
-        llama.cpp reuses the longest common prompt prefix; without this the first turn of the first call pays
-        for prefilling ~300 tokens of instructions and tool schemas (~1.5 s on 2 cores).
+        llama.cpp reuses the longest common prompt prefix, so this also spares the first turn of the first call
+        prefilling ~300 tokens of instructions and tool schemas (~1.5 s on 2 cores).
         """
         s = self.config.session
         messages = [Message("system", s.instructions), Message("user", "Hello.")]
         options = GenerationOptions(max_tokens=1, temperature=0.0, tools=self.tools.specs if s.tools else ())
-        try:
-            async for _ in self.stack.lm.stream(messages, options):
-                pass
-        except Exception as exc:  # a remote LM that is not up yet must not stop the server from starting
-            log.warning("LM warm-up failed (%s); the first turn will be slower", exc)
+        name = str(self.stack.info.get("lm", self.stack.name))
+        remote = bool(getattr(self.stack.lm, "remote", False))
+        while True:
+            t0 = time.perf_counter()
+            try:
+                async for _ in self.stack.lm.stream(messages, options):
+                    pass
+                return round((time.perf_counter() - t0) * 1000, 1)
+            except Exception as exc:
+                if not remote:
+                    raise WarmUpError("lm", name, f"{type(exc).__name__}: {exc}") from exc
+                # A remote LM server may start after Parley: not ready (503 on /readyz) until it answers.
+                self.not_ready_reason = f"waiting for the LM server ({name}): {exc}"
+                log.warning("LM warm-up failed (%s); retrying in %.0f s", exc, LM_RETRY_S)
+                await asyncio.sleep(LM_RETRY_S)
 
     def session_settings(self, overrides: dict[str, Any] | None, where: str = "session") -> SessionConfig:
         """The config's [session] with a client's overrides; raises ConfigError naming a bad key."""

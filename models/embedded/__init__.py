@@ -7,10 +7,12 @@ the same way. Imports are local so a process that runs another stack never loads
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from models.assets import model_path
 from models.interfaces import ModelStack
+from models.warmup import WarmUpError
 from realtime.config import Config
 
 if TYPE_CHECKING:
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from models.embedded.silero import SileroVad
     from models.embedded.whisper import WhisperTokenizer
 
+T = TypeVar("T")
 INFO = {"vad": "silero-vad 6.2.3", "tts": "hibari-tts 0.2.1 (heart)"}
 
 
@@ -54,7 +57,17 @@ def load_lm(config: Config) -> LlamaLM:
 def load(config: Config) -> ModelStack:
     emb = config.models.embedded
     return ModelStack(
-        name="embedded", vad=load_vad(config), tokenizer=load_tokenizer(config), lm=load_lm(config),
-        tts=load_tts(config),
+        name="embedded", vad=loading("vad", INFO["vad"], lambda: load_vad(config)),
+        tokenizer=loading("asr", emb.asr, lambda: load_tokenizer(config)),
+        lm=loading("lm", emb.lm, lambda: load_lm(config)),
+        tts=loading("tts", INFO["tts"], lambda: load_tts(config)),
         info={**INFO, "asr": emb.asr, "lm": emb.lm},
     )
+
+
+def loading(stage: str, model: str, load_stage: Callable[[], T]) -> T:
+    """One stage's loader, its failure named by stage and model (a start-up error, not a traceback to decode)."""
+    try:
+        return load_stage()
+    except Exception as exc:
+        raise WarmUpError(stage, model, f"{type(exc).__name__}: {exc}", what="failed to load") from exc

@@ -9,18 +9,44 @@ held for a whole stream; interleaving two sessions token by token would thrash t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import llama_cpp.llama_cpp as llama_c
 import numpy as np
 from llama_cpp import Llama, LogitsProcessorList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from models.embedded.cpu import check_baseline, extra_buffer_types_safe
 from models.interfaces import GenerationOptions, LMDelta, Message
 from models.threaded import iterate_in_thread, stage_executor
 from models.tool_text import TAG_CLOSE, TAG_OPEN, parse_text_call
+
+log = logging.getLogger(__name__)
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def model_params_with(use_extra_bufts: bool) -> Iterator[None]:
+    """`Llama(...)` builds its llama_model_params internally and has no argument for extra buffer types, so the
+    default-params factory it calls is wrapped for the duration of one load."""
+    original = llama_c.llama_model_default_params
+
+    def params() -> Any:
+        p = original()
+        p.use_extra_bufts = use_extra_bufts
+        return p
+
+    with _PARAMS_LOCK:
+        llama_c.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            llama_c.llama_model_default_params = original
 
 
 def message_dict(m: Message) -> dict[str, Any]:
@@ -61,14 +87,24 @@ def tool_results_as_notes(messages: Sequence[Message]) -> list[Message]:
 
 class LlamaLM:
     def __init__(
-        self, model_file: Path, name: str, n_ctx: int, threads: int, tool_results_as_text: bool = True
+        self, model_file: Path, name: str, n_ctx: int, threads: int, tool_results_as_text: bool = True,
+        extra_buffer_types: bool | None = None,
     ) -> None:
+        """`extra_buffer_types`: llama.cpp's weight repacking; None = on unless AMX is advertised but refused."""
+        check_baseline()
         self.name = name
         self.tool_results_as_text = tool_results_as_text
-        self.llm = Llama(
-            model_path=str(model_file), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-            n_batch=256, verbose=False,
-        )
+        if extra_buffer_types is None:
+            extra_buffer_types = extra_buffer_types_safe()
+            if not extra_buffer_types:
+                log.warning("this CPU advertises AMX but the kernel refuses its tile state: llama.cpp's extra "
+                            "buffer types (weight repacking, AMX kernels) are off")
+        self.extra_buffer_types = extra_buffer_types
+        with model_params_with(extra_buffer_types):
+            self.llm = Llama(
+                model_path=str(model_file), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                n_batch=256, verbose=False,
+            )
         template = self.llm.metadata.get("tokenizer.chat_template", "")
         self.supports_tools = "tools" in template
         eos = self.llm.detokenize([self.llm.token_eos()], special=True).decode("utf-8", "replace")

@@ -66,6 +66,9 @@ def openai_message(m: Message) -> dict[str, Any]:
 
 
 class OpenAILM:
+    # The engine waits for a remote server at start-up instead of failing (realtime/engine.py).
+    remote = True
+
     def __init__(self, config: OpenAIStackConfig) -> None:
         self.config = config
         self.base_url = config.base_url.rstrip("/")

@@ -28,6 +28,7 @@ from models.step_audio.flow import FlowConfig, MaskedDiffWithXvec
 from models.step_audio.hift import HiftConfig, HiFTGenerator, rename_weight_norm
 from models.step_audio.mel import matcha_mel
 from models.step_audio.semantic import onnx_session
+from realtime.audio import resample
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +143,6 @@ def configs_from_yaml(conf: dict[str, Any], cfg_rate: float) -> tuple[FlowConfig
         f0_cond_channels=int(_get(hift, "f0_predictor", "cond_channels", default=hd.f0_cond_channels)),
     )
     return flow_cfg, hift_cfg
-
-
-def resample(audio: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
-    from realtime.audio import Resampler
-
-    if in_rate == out_rate:
-        return audio.astype(np.float32)
-    r = Resampler(in_rate, out_rate)
-    out = np.concatenate([r.process(audio.astype(np.float32)), r.process(np.zeros(in_rate // 10, np.float32))])
-    return out[: round(audio.size * out_rate / in_rate)]
 
 
 class CosyVoiceDecoder:

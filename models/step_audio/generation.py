@@ -161,7 +161,7 @@ def decode(
     history = list(prompt)
     for _ in range(max_new):
         out = model(input_ids=torch.tensor([feed], device=device), past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        cache = builtin.output_cache(out)
         if prefix is not None:
             prefix.record(cache, feed)
         token = pick(out.logits[0, -1], history)

@@ -38,7 +38,7 @@ def clip(path: str) -> np.ndarray:
         try:
             from hibari import SAMPLE_RATE, Hibari
 
-            from models.step_audio.decoder import resample
+            from realtime.audio import resample
 
             audio = resample(Hibari(voice="heart")("Hello, how are you today?"), SAMPLE_RATE, RATE)
         except Exception:  # no offline voice: a synthetic buzz will do for a pipeline check

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.step_audio.decoder import CosyVoiceDecoder, SpeakerPrompt, resample
+from models.step_audio.decoder import CosyVoiceDecoder, SpeakerPrompt
+from realtime.audio import resample
 
 Tokenize = Callable[[np.ndarray], list[int]]
 

@@ -15,6 +15,7 @@ its remote code (`modeling_step1.py`); that is how the synthetic test folders lo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -191,6 +192,15 @@ class Step1Model(Step1PreTrainedModel):
         return self.norm(x)
 
 
+# transformers 5.x renamed the output's `past_key_values` field to `cache` (5.24 has only `cache`).
+CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward pass returned, whichever name this transformers gives it."""
+    return getattr(out, "cache", None) if hasattr(out, "cache") else getattr(out, "past_key_values", None)
+
+
 class Step1ForCausalLM(Step1PreTrainedModel):
     def __init__(self, config: Step1Config) -> None:
         super().__init__(config)
@@ -214,4 +224,5 @@ class Step1ForCausalLM(Step1PreTrainedModel):
         hidden = self.model(input_ids, cache)
         logits = self.lm_head(hidden)
         # Step1Cache is not a transformers Cache: the decode loop only hands it back to this model.
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache if use_cache else None)  # type: ignore[arg-type]
+        fields: dict[str, Any] = {CACHE_FIELD: cache if use_cache else None}
+        return CausalLMOutputWithPast(logits=logits, **fields)
