@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -50,22 +51,27 @@ def copy_tree(dest: Path) -> int:
     return count
 
 
-def readyz(url: str) -> bool:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-            return bool(r.status == 200)
-    except (OSError, ValueError):
+@cache
+def namespaced() -> bool:
+    """Whether a loopback-only network namespace can be made here (root, util-linux, iproute2)."""
+    if not all(shutil.which(t) for t in ("unshare", "nsenter", "ip")):
         return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+def in_namespace(pid: int, argv: list[str]) -> list[str]:
+    """`argv` run inside the network namespace of `pid` (the server), where 127.0.0.1 is its loopback."""
+    return ["nsenter", "-t", str(pid), "-n", *argv] if namespaced() else argv
+
+
+def readyz(pid: int, url: str) -> bool:
+    probe = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/readyz', timeout=2)"
+    return subprocess.run(in_namespace(pid, [sys.executable, "-c", probe, url]), capture_output=True).returncode == 0
 
 
 def start(tree: Path, env: dict[str, str], port: int, log: Path) -> tuple[subprocess.Popen[bytes], float]:
-    """`./parley.sh serve` (set-up included) in a loopback-only namespace, once set-up no longer needs the net.
-
-    The first start sets up on the host network first (it downloads), then serves inside the namespace.
-    """
+    """`./parley.sh setup serve` on the host network (it downloads), then `./parley.sh serve` in a new network
+    namespace with only loopback; `unshare` and parley.sh exec in place, so the pid returned is the server's."""
     t0 = time.monotonic()
     with log.open("ab") as out:
         setup = subprocess.run(["./parley.sh", "setup", "serve"], cwd=tree, env=env, stdout=out,
@@ -73,7 +79,7 @@ def start(tree: Path, env: dict[str, str], port: int, log: Path) -> tuple[subpro
         if setup.returncode != 0:
             raise ServerError(f"./parley.sh setup serve failed ({setup.returncode}); see {log}")
         serve = ["./parley.sh", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"]).returncode == 0:
+        if namespaced():
             serve = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *serve]
         proc = subprocess.Popen(serve, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -84,7 +90,7 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, t0: float, timeout: floa
     while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
             raise ServerError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        if readyz(url):
+        if readyz(proc.pid, url):
             return time.monotonic() - t0
         time.sleep(0.25)
     raise ServerError(f"not ready within {timeout:.0f} s; see {log}")
@@ -94,11 +100,8 @@ def ask_in_namespace(pid: int, url: str) -> dict[str, Any]:
     """The five questions, from this checkout's environment, inside the server's network namespace."""
     code = ("import asyncio, json, sys; from benchmarks.questions import ask_all; "
             "print(json.dumps(asyncio.run(ask_all(sys.argv[1], {}))))")
-    # `unshare` execs the server in place, so the pid Popen returned is inside the namespace.
-    cmd = [sys.executable, "-c", code, url]
-    if Path(f"/proc/{pid}/ns/net").exists() and shutil.which("nsenter"):
-        cmd = ["nsenter", "-t", str(pid), "-n", *cmd]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(in_namespace(pid, [sys.executable, "-c", code, url]), cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
     sys.stdout.write(proc.stdout)
     if proc.returncode != 0:
         raise ServerError(f"the call failed: {proc.stderr[-2000:]}")
