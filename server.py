@@ -1,4 +1,5 @@
-"""Parley server: `python server.py [--config configs/default.toml] [--host H] [--port P] [--workers N]`."""
+"""Parley server: `python server.py [--config configs/default.toml] [--host H] [--port P] [--workers N]
+[--allow-unauthenticated]`."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import argparse
 import asyncio
 import dataclasses
 import faulthandler
+import ipaddress
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import socket
 import sys
 
 from aiohttp import web
 
+from realtime import auth
 from realtime.config import Config, ConfigError, load_config, validate
 
 log = logging.getLogger("parley")
@@ -27,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", help="listen address (overrides [server].host)")
     p.add_argument("--port", type=int, help="listen port (overrides [server].port)")
     p.add_argument("--workers", type=int, help="worker processes sharing the port; 0 = one per core")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve a non-loopback address without an API key (anyone who reaches it can call)")
     return p.parse_args(argv)
 
 
@@ -36,7 +42,22 @@ def resolve_config(args: argparse.Namespace) -> Config:
     changes = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
     if changes:
         config = dataclasses.replace(config, server=dataclasses.replace(server, **changes))
+    host = config.server.host
+    if not auth.api_key_from(config.server.api_key) and not args.allow_unauthenticated and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to serve {host!r} without an API key: anyone who reaches it could join calls and read "
+            f"transcripts. Set {auth.API_KEY_ENV} (or [server].api_key), bind 127.0.0.1, or pass "
+            "--allow-unauthenticated (see docs/SECURITY.md)")
     return config
+
+
+def is_loopback(host: str) -> bool:
+    """Every address `host` names is a loopback one (a wildcard such as 0.0.0.0 is not)."""
+    try:
+        infos = socket.getaddrinfo(host or None, None, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
 
 
 def serve(config: Config, worker: int, reuse_port: bool) -> None:

@@ -186,13 +186,15 @@ class ParleyCall(EventLog):
     """One call to a Parley server over WebRTC (loopback)."""
 
     def __init__(self, url: str, session: dict[str, Any] | None = None, keep_audio: bool = True,
-                 preencoded: bool = False) -> None:
-        """`preencoded`: send Opus encoded once per distinct clip (benchmarks.opus_mic), for load generators."""
+                 preencoded: bool = False, token: str = "") -> None:
+        """`preencoded`: send Opus encoded once per distinct clip (benchmarks.opus_mic), for load generators.
+        `token`: the API key or a client secret, for a server with authentication on."""
         super().__init__()
         # aioice leaves loopback out of host candidates: in a loopback-only namespace a caller would have none.
         ice.install(IceConfig())
         self.url = url.rstrip("/")
         self.overrides = session or {}
+        self.token = token
         self.keep_audio = keep_audio
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.mic: MicTrack | OpusMic = OpusMic() if preencoded else MicTrack()
@@ -228,7 +230,8 @@ class ParleyCall(EventLog):
             tune_receiver(transceiver.receiver, 0)
             if transceiver.kind == "audio":
                 watch_receiver(transceiver.receiver, self.wire)
-        async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        async with aiohttp.ClientSession(headers=headers) as http:
             body = {"sdp": pc.localDescription.sdp, "type": "offer", "session": self.overrides}
             async with http.post(f"{self.url}/offer", json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 answer = await r.json()

@@ -7,6 +7,7 @@
     GET  /stats     live sessions and the last sessions' summaries
     GET  /sessions/{id}/events   WebSocket tap of one live session's events (any transport)
     GET  /metrics   Prometheus
+    POST /v1/realtime/client_secrets   a one-call credential for a browser (with the API key; realtime/auth.py)
     /telephony/...  phone calls, when [telephony] enables them (realtime/transports/twilio.py, sip.py)
 """
 
@@ -24,7 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.warmup import WarmUpError
-from realtime import metrics
+from realtime import auth, metrics
 from realtime.config import Config, ConfigError
 from realtime.engine import CapacityError, Engine
 from realtime.transports import aiortc_tuning, ice, sip, twilio
@@ -154,7 +155,8 @@ async def index(request: web.Request) -> web.FileResponse:
 def create_app(config: Config, engine: Engine | None = None) -> web.Application:
     ice.install(config.ice)
     aiortc_tuning.install()
-    app = web.Application(client_max_size=config.server.max_body_bytes)
+    credentials = auth.Credentials(auth.api_key_from(config.server.api_key), config.server.client_secret_ttl_s)
+    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[auth.middleware(credentials)])
     app[ENGINE] = engine or Engine(config)
     calls: set[WebRTCCall] = set()
     app[CALLS] = calls
@@ -168,6 +170,7 @@ def create_app(config: Config, engine: Engine | None = None) -> web.Application:
     app.router.add_get("/stats", stats)
     app.router.add_get("/sessions/{session_id}/events", session_events)
     app.router.add_get("/metrics", prometheus)
+    auth.add_routes(app, credentials)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     if config.telephony.twilio:

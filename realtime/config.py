@@ -36,6 +36,11 @@ class ServerConfig:
     workers: int = 1
     max_body_bytes: int = 65536
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Turns authentication on (docs/SECURITY.md); PARLEY_API_KEY in the environment overrides it. Empty = open,
+    # which server.py allows only on a loopback address unless --allow-unauthenticated is given.
+    api_key: str = ""
+    # Lifetime of a client secret from POST /v1/realtime/client_secrets (one call each).
+    client_secret_ttl_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -338,6 +343,8 @@ def validate(config: Config) -> Config:
     check_session(config.session)
     if config.server.max_sessions <= 0:
         raise ConfigError("[server].max_sessions must be > 0")
+    if config.server.client_secret_ttl_s <= 0:
+        raise ConfigError("[server].client_secret_ttl_s must be > 0")
     ice = config.ice
     if (ice.port_min or ice.port_max) and not 0 < ice.port_min <= ice.port_max <= 65535:
         raise ConfigError("[ice] port_min..port_max must be a valid range (1..65535), or both 0")

@@ -7,11 +7,10 @@ capacity and keeps the last sessions' summaries for `/stats`.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
+import secrets
 import time
-import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -47,7 +46,6 @@ class Engine:
         self.recent_summaries: deque[dict[str, Any]] = deque(maxlen=50)
         self.started_at = time.time()
         self.load_seconds: float | None = None
-        self._ids = itertools.count(1)
         self._ready = asyncio.Event()
         self.not_ready_reason = "starting"
         self.warm_up: WarmUpReport | None = None
@@ -129,7 +127,9 @@ class Engine:
             raise CapacityError("models are still loading")
         if len(self.sessions) >= self.config.server.max_sessions:
             raise CapacityError(f"this worker holds its maximum of {self.config.server.max_sessions} sessions")
-        session_id = f"sess_{os.getpid()}_{next(self._ids)}_{uuid.uuid4().hex[:6]}"
+        # 128 random bits: an id cannot be guessed, so knowing one is a capability. The pid says which worker
+        # holds the session (the events tap must reach that one).
+        session_id = f"sess_{os.getpid()}_{secrets.token_hex(16)}"
         session = Session(session_id, self, settings, link)
         self.sessions[session_id] = session
         metrics.SESSIONS.labels(link.kind).inc()

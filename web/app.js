@@ -186,7 +186,7 @@ async function call() {
     await waitForIce(pc, 3000);
     const res = await fetch("/offer", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: offerHeaders(),
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", session: sessionSettings() }),
     });
     const answer = await res.json();
@@ -221,3 +221,16 @@ $("apply").addEventListener("click", () => {
     channel.send(JSON.stringify({ type: "session.update", session: sessionSettings() }));
   }
 });
+
+// A server with an API key takes a client secret (ek_..., one call each) instead: whoever hosts the page mints one
+// with POST /v1/realtime/client_secrets and opens the page as /#client_secret=ek_... (docs/SECURITY.md). The
+// fragment never reaches a server log, and the API key never reaches the browser.
+function offerHeaders() {
+  const headers = { "Content-Type": "application/json" };
+  const secret = new URLSearchParams(location.hash.slice(1)).get("client_secret");
+  if (secret) {
+    headers.Authorization = `Bearer ${secret}`;
+    history.replaceState(null, "", location.pathname + location.search); // one call: drop the used secret
+  }
+  return headers;
+}

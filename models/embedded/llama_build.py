@@ -80,11 +80,8 @@ def build_dir(sdist_sha: str, flags: str) -> Path:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fetch_sdist(python: str, version: str, want_sha: str) -> Path:
