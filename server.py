@@ -80,7 +80,10 @@ def serve(config: Config, worker: int, reuse_port: bool) -> None:
     log.info("Parley worker %d loading the %s stack on http://%s:%d (/healthz answers, /readyz is 503 until warm)",
              worker, config.models.stack, config.server.host, config.server.port)
     web.run_app(app, host=config.server.host, port=config.server.port, reuse_port=reuse_port,
-                print=None, handle_signals=True, shutdown_timeout=5)
+                print=None, handle_signals=True, shutdown_timeout=5,
+                # aiohttp starts this timer when a connection opens and closes it if no whole request came by
+                # then: the header timeout against slow-header clients, and the idle keep-alive limit.
+                keepalive_timeout=config.server.header_timeout_s)
     if app[FAILURE]:
         print(f"parley: start-up failed: {app[FAILURE][0]}", file=sys.stderr)
         sys.exit(STARTUP_FAILED)

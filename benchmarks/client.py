@@ -201,6 +201,7 @@ class ParleyCall(EventLog):
         self.received = Received()
         self.wire = WireLog()  # reply packets' send and arrival times (RTP/RTCP), independent of their content
         self.session_id: str | None = None
+        self.events_token = ""
         self.server_clock_origin: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._opened = asyncio.Event()
@@ -238,6 +239,7 @@ class ParleyCall(EventLog):
                 if r.status != 200:
                     raise RuntimeError(f"offer rejected ({r.status}): {answer}")
         self.session_id = answer["session_id"]
+        self.events_token = str(answer.get("events_token", ""))
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         await asyncio.wait_for(self._opened.wait(), timeout)
         await self.wait_for("session.created", timeout=timeout)

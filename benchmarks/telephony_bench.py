@@ -126,7 +126,10 @@ def _sipp(sip_port: int, scenario: Path, capture_port: int, calls: int, tag: str
 
 
 def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as r:
+    # The API key, when the server has one, also unlocks /stats' per-call detail (docs/SECURITY.md).
+    key = os.environ.get("PARLEY_API_KEY", "")
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    with urllib.request.urlopen(request, timeout=5) as r:
         return json.loads(r.read())
 
 
@@ -147,8 +150,8 @@ async def sip_latency(url: str, sip_port: int, turns: int, turn_s: float) -> dic
         tag = secrets.token_hex(3)
         hold_ms = int((turns * turn_s + 4) * 1000)
         proc = _sipp(sip_port, _scenario(work, pcap, hold_ms), capture_port, 1, tag, work / "sipp.log")
-        session_id, origin = await _find_session(url, f"{tag}-1")
-        events = await _collect_events(url, session_id, timeout=hold_ms / 1000 + 30)
+        session_id, token, origin = await _find_session(url, f"{tag}-1")
+        events = await _collect_events(url, session_id, token, timeout=hold_ms / 1000 + 30)
         await asyncio.to_thread(proc.wait, 60)
         transport.close()
     out, server, breakdown = [], [], []
@@ -167,23 +170,24 @@ async def sip_latency(url: str, sip_port: int, turns: int, turn_s: float) -> dic
     return {"path": "sip", "phone_side_ms": summary(out), "server_metric_ms": summary(server), "stages": breakdown}
 
 
-async def _find_session(url: str, call_id: str, timeout: float = 20.0) -> tuple[str, float]:
+async def _find_session(url: str, call_id: str, timeout: float = 20.0) -> tuple[str, str, float]:
     deadline = time.monotonic() + timeout
     while True:
         try:
             found = await asyncio.to_thread(_get, f"{url}/telephony/calls/{call_id}")
-            return found["session_id"], found["clock"]["monotonic_origin_s"]
+            return found["session_id"], found["events_token"], found["clock"]["monotonic_origin_s"]
         except OSError:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
 
 
-async def _collect_events(url: str, session_id: str, timeout: float) -> list[dict[str, Any]]:
+async def _collect_events(url: str, session_id: str, token: str, timeout: float) -> list[dict[str, Any]]:
     import aiohttp
 
     events: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession() as http, http.ws_connect(f"{url}/sessions/{session_id}/events") as ws:
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"{url}/sessions/{session_id}/events",
+                                                               headers={"Authorization": f"Bearer {token}"}) as ws:
         try:
             async with asyncio.timeout(timeout):
                 async for msg in ws:
@@ -207,7 +211,7 @@ async def sip_capacity(url: str, sip_port: int, calls: int, hold_s: float) -> di
         transport, capture = await loop.create_datagram_endpoint(lambda: RtpCapture("PCMU"),
                                                                  local_addr=("127.0.0.1", capture_port))
         tag = secrets.token_hex(3)
-        before = {s["session_id"] for s in _get(f"{url}/stats")["recent"]}
+        before = {s["session_id"] for s in _get(f"{url}/stats").get("recent", [])}
         cpu0 = _proc_cpu(_get(f"{url}/healthz")["pid"])
         t0 = time.monotonic()
         proc = _sipp(sip_port, _scenario(work, pcap, int(hold_s * 1000)), capture_port, calls, tag,
@@ -222,7 +226,8 @@ async def sip_capacity(url: str, sip_port: int, calls: int, hold_s: float) -> di
         cpu = _proc_cpu(_get(f"{url}/healthz")["pid"]) - cpu0
         log = (work / "sipp.log").read_text()
         transport.close()
-    recent = [s for s in _get(f"{url}/stats")["recent"] if s["session_id"] not in before]
+    # Per-call summaries need the API key (PARLEY_API_KEY here and on the server); without it v2v stays empty.
+    recent = [s for s in _get(f"{url}/stats").get("recent", []) if s["session_id"] not in before]
     replied = sum(1 for s in capture.streams.values() if s.speech_ms() >= 500)
     gaps = [1000 * (b - a) for s in capture.streams.values() for a, b in zip(s.times, s.times[1:], strict=False)]
     v2v = [s["voice_to_voice_ms"]["p50"] for s in recent if s.get("voice_to_voice_ms", {}).get("p50") is not None]

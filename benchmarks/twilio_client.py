@@ -95,7 +95,8 @@ class TwilioCall(EventLog):
             await asyncio.sleep(0.02)
         self.session_id = found["session_id"]
         self.server_clock_origin = found["clock"]["monotonic_origin_s"]
-        self._tap = await self._http.ws_connect(f"{self.url}/sessions/{self.session_id}/events")
+        self._tap = await self._http.ws_connect(f"{self.url}/sessions/{self.session_id}/events",
+                                                headers={"Authorization": f"Bearer {found['events_token']}"})
         self._tasks.append(asyncio.create_task(self._read_tap()))
 
     async def send(self, message: dict[str, Any]) -> None:

@@ -1,11 +1,13 @@
 """The HTTP surface: the web client, WebRTC signalling, health, stats and metrics.
 
     GET  /          the browser client (web/)
-    POST /offer     {"sdp", "type": "offer", "session": {...overrides}} -> {"sdp", "type": "answer", "session_id"}
+    POST /offer     {"sdp", "type": "offer", "session": {...overrides}}
+                    -> {"sdp", "type": "answer", "session_id", "events_token"}
     GET  /healthz   liveness (200 while the process serves HTTP), with a `ready` field and the figures
     GET  /readyz    readiness: 200 once every model is loaded and warm, 503 (with the reason) before
-    GET  /stats     live sessions and the last sessions' summaries
-    GET  /sessions/{id}/events   WebSocket tap of one live session's events (any transport)
+    GET  /stats     aggregates; with the API key, live sessions and the last sessions' summaries
+    GET  /sessions/{id}/events   WebSocket tap of one live session's events (any transport), with the API key
+                    or that session's events_token
     GET  /metrics   Prometheus
     POST /v1/realtime/client_secrets   a one-call credential for a browser (with the API key; realtime/auth.py)
     /telephony/...  phone calls, when [telephony] enables them (realtime/transports/twilio.py, sip.py)
@@ -25,7 +27,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.warmup import WarmUpError
-from realtime import auth, metrics
+from realtime import auth, metrics, ratelimit
 from realtime.config import Config, ConfigError
 from realtime.engine import CapacityError, Engine
 from realtime.transports import aiortc_tuning, ice, sip, twilio
@@ -81,7 +83,8 @@ async def offer(request: web.Request) -> web.StreamResponse:
         metrics.REJECTED.labels("capacity").inc()
         return json_error(503, "capacity", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
     assert call.session is not None
-    return web.json_response({"sdp": answer, "type": "answer", "session_id": call.session.id})
+    return web.json_response({"sdp": answer, "type": "answer", "session_id": call.session.id,
+                              "events_token": call.session.events_token})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -119,17 +122,42 @@ async def readyz(request: web.Request) -> web.Response:
                              headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+TOTALLED = ("responses", "drafts_started", "drafts_committed", "drafts_discarded", "barge_ins", "tokens_total",
+            "tokens_wasted")
+
+
 async def stats(request: web.Request) -> web.Response:
+    """Per-session detail for the API key only; anyone else (loopback, no key configured) gets aggregates, so a
+    second local client learns no session id and nothing of another caller's call."""
     engine = request.app[ENGINE]
-    live = [{"id": s.id, "transport": s.link.kind, "state": s.controller.state.value,
-             **s.controller.stats.summary()} for s in engine.sessions.values()]
-    return web.json_response({"pid": os.getpid(), "live": live, "recent": list(engine.recent_summaries)})
+    if request[auth.BY_API_KEY]:
+        live = [{"id": s.id, "transport": s.link.kind, "state": s.controller.state.value,
+                 **s.controller.stats.summary()} for s in engine.sessions.values()]
+        return web.json_response({"pid": os.getpid(), "live": live, "recent": list(engine.recent_summaries)})
+    by_transport: dict[str, int] = {}
+    for s in engine.sessions.values():
+        by_transport[s.link.kind] = by_transport.get(s.link.kind, 0) + 1
+    recent = list(engine.recent_summaries)
+    totals = {k: sum(int(r.get(k) or 0) for r in recent) for k in TOTALLED}
+    started = totals["drafts_started"]
+    return web.json_response({
+        "pid": os.getpid(), "live_sessions": len(engine.sessions), "live_by_transport": by_transport,
+        "recent_sessions": len(recent), "recent_totals": totals,
+        "recent_commit_rate": round(totals["drafts_committed"] / started, 3) if started else None,
+        "detail": "per-session detail needs the API key (PARLEY_API_KEY, docs/SECURITY.md)",
+    })
 
 
 async def session_events(request: web.Request) -> web.StreamResponse:
     """WebSocket event tap: every event of one live session, whatever transport carries it."""
     engine = request.app[ENGINE]
     session = engine.sessions.get(request.match_info["session_id"])
+    if not request[auth.BY_API_KEY]:
+        # Unknown session and wrong token answer alike: the refusal says nothing of which calls exist.
+        presented = auth.presented_credential(request)
+        if session is None or not auth.matches(presented, session.events_token):
+            return json_error(401, "invalid_events_token", "the event tap needs this session's events_token "
+                              "(from the POST /offer answer) as 'Authorization: Bearer <token>' or ?token=")
     if session is None:
         return json_error(404, "not_found", "no live session with that id in this worker")
     ws = web.WebSocketResponse(heartbeat=20)
@@ -156,7 +184,10 @@ def create_app(config: Config, engine: Engine | None = None) -> web.Application:
     ice.install(config.ice)
     aiortc_tuning.install()
     credentials = auth.Credentials(auth.api_key_from(config.server.api_key), config.server.client_secret_ttl_s)
-    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[auth.middleware(credentials)])
+    buckets = ratelimit.TokenBuckets(config.server.rate_limit_per_minute, config.server.rate_limit_burst)
+    # Rate limits first: refusing a flood must not cost a key comparison, and guessing keys is a flood too.
+    app = web.Application(client_max_size=config.server.max_body_bytes,
+                          middlewares=[ratelimit.middleware(buckets), auth.middleware(credentials)])
     app[ENGINE] = engine or Engine(config)
     calls: set[WebRTCCall] = set()
     app[CALLS] = calls

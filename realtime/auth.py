@@ -8,7 +8,12 @@ upgraded or any peer connection exists:
     the API key          everything
     a client secret      one POST /offer within its lifetime (`POST /v1/realtime/client_secrets` mints it), for
                          browsers, so that the key itself never reaches one
-    ?token=<credential>  instead of the header, under /telephony/ only: phone providers cannot set headers
+    ?token=<credential>  instead of the header, under /telephony/ and /sessions/ only: phone providers and
+                         browsers' WebSocket API cannot set headers
+
+The event tap of one session (/sessions/{id}/events) also opens with that session's own `events_token` (returned by
+POST /offer and GET /telephony/calls/{id}), with or without a key: a client sees its own call and no other.
+Handlers tell how a request got in from `request[BY_API_KEY]`: only the key sees per-session detail in /stats.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz"})
 PUBLIC_PREFIXES = ("/static/",)
 # Paths a client secret opens (once): starting a call, nothing that reads other calls or the engine.
 CALL_PATHS = frozenset({"/offer"})
-QUERY_TOKEN_PREFIXES = ("/telephony/",)
+QUERY_TOKEN_PREFIXES = ("/telephony/", "/sessions/")
+# Event taps: the handler accepts the API key or the session's own events_token.
+TAP_PREFIX = "/sessions/"
+BY_API_KEY = web.RequestKey("by_api_key", bool)
 SECRETS_PATH = "/v1/realtime/client_secrets"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -105,16 +113,25 @@ def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
+def matches(presented: str, expected: str) -> bool:
+    """Constant-time equality of two credentials; an empty expected value matches nothing."""
+    return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
+
+
 def middleware(credentials: Credentials) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request[BY_API_KEY] = False
         if not credentials.enabled or is_public(request.path):
             return await handler(request)
         presented = presented_credential(request)
         if not presented:
             return unauthorized("this server needs 'Authorization: Bearer <API key or client secret>'")
         if credentials.is_api_key(presented):
+            request[BY_API_KEY] = True
             return await handler(request)
+        if request.path.startswith(TAP_PREFIX):
+            return await handler(request)  # the tap checks the session's events_token itself
         if request.path in CALL_PATHS and request.method == "POST" and credentials.redeem(presented):
             return await handler(request)
         return unauthorized("the credential is not this server's API key, or a client secret that is unused "

@@ -8,6 +8,8 @@ The ``[session]`` table is also what a client may override per call (``POST /off
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import os
 import tomllib
 import types
 import typing
@@ -41,6 +43,15 @@ class ServerConfig:
     api_key: str = ""
     # Lifetime of a client secret from POST /v1/realtime/client_secrets (one call each).
     client_secret_ttl_s: float = 60.0
+    # Per client address: POST /offer and WebSocket connects refill at rate_limit_per_minute, up to a burst of
+    # rate_limit_burst; beyond it 429 with Retry-After. 0 = no limit.
+    rate_limit_per_minute: float = 120.0
+    rate_limit_burst: int = 40
+    # A connection that has not sent a complete request this many seconds after connecting (or after its last
+    # response) is closed: slow-header clients cannot hold sockets.
+    header_timeout_s: float = 10.0
+    # A WebSocket that has not identified itself (Twilio's `start`) within this many seconds is closed.
+    ws_idle_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -264,6 +275,17 @@ class TelephonyConfig:
     # Send reply RTP to the address the caller's RTP comes from rather than the one its SDP names (callers
     # behind NAT that do not know their public address).
     rtp_symmetric: bool = False
+    # Source addresses (CIDR) whose SIP requests are served; the rest get 403 Forbidden.
+    sip_allowed_sources: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # Digest authentication of INVITEs (RFC 3261 §22, MD5, qop=auth) when both are set; PARLEY_SIP_PASSWORD in
+    # the environment overrides sip_digest_password.
+    sip_digest_user: str = ""
+    sip_digest_password: str = ""
+    # Twilio's auth token: when set, the TwiML webhook needs a valid X-Twilio-Signature (else 403).
+    twilio_auth_token: str = ""
+    # The public URL Twilio calls for the TwiML webhook, as signed; empty = rebuilt from the request
+    # (X-Forwarded-Proto / X-Forwarded-Host honoured, for a TLS proxy in front).
+    twilio_webhook_url: str = ""
     # Hang up a call (SIP BYE, or close the WebSocket) when no media arrived for this long.
     media_timeout_ms: int = 10000
     numbers: list[TelephonyNumber] = field(default_factory=list)
@@ -345,6 +367,11 @@ def validate(config: Config) -> Config:
         raise ConfigError("[server].max_sessions must be > 0")
     if config.server.client_secret_ttl_s <= 0:
         raise ConfigError("[server].client_secret_ttl_s must be > 0")
+    server = config.server
+    if server.rate_limit_per_minute < 0 or server.rate_limit_burst < 0:
+        raise ConfigError("[server] rate_limit_per_minute and rate_limit_burst must be >= 0 (0 = no limit)")
+    if server.header_timeout_s <= 0 or server.ws_idle_timeout_s <= 0:
+        raise ConfigError("[server] header_timeout_s and ws_idle_timeout_s must be > 0")
     ice = config.ice
     if (ice.port_min or ice.port_max) and not 0 < ice.port_min <= ice.port_max <= 65535:
         raise ConfigError("[ice] port_min..port_max must be a valid range (1..65535), or both 0")
@@ -363,6 +390,15 @@ def check_telephony(config: Config) -> None:
         raise ConfigError("[telephony] rtp_port_min..rtp_port_max must be a valid range (1..65535)")
     if t.media_timeout_ms <= 0:
         raise ConfigError("[telephony].media_timeout_ms must be > 0")
+    for source in t.sip_allowed_sources:
+        try:
+            ipaddress.ip_network(source, strict=False)
+        except ValueError:
+            raise ConfigError(f"[telephony].sip_allowed_sources: {source!r} is not an address or CIDR "
+                              "network") from None
+    if bool(t.sip_digest_user) != bool(t.sip_digest_password or os.environ.get("PARLEY_SIP_PASSWORD")):
+        raise ConfigError("[telephony] digest authentication needs both sip_digest_user and "
+                          "sip_digest_password (or PARLEY_SIP_PASSWORD)")
     if t.sip and t.sip_host in ("0.0.0.0", "::", "") and not t.rtp_public_ip:
         raise ConfigError("[telephony].sip_host is a wildcard address: set rtp_public_ip to the address callers "
                           "should send RTP to (it goes into SDP answers and Contact)")

@@ -15,6 +15,7 @@ import base64
 import io
 import json
 import logging
+import secrets
 import time
 import wave
 from collections.abc import Callable
@@ -56,6 +57,8 @@ class TransportLink(Protocol):
 class Session:
     def __init__(self, session_id: str, engine: Engine, settings: SessionConfig, link: TransportLink) -> None:
         self.id = session_id
+        # Opens this session's event tap (and nothing else): handed only to whoever started the call.
+        self.events_token = f"evt_{secrets.token_urlsafe(24)}"
         self.engine = engine
         self.settings = settings
         self.link = link

@@ -103,3 +103,42 @@ async def test_page_completes_a_turn_in_firefox(tmp_path: Path) -> None:
     # level meter, so this comes from its WebRTC statistics).
     assert result["inboundAudioEnergy"] > 0.01 and result["inboundPackets"] > 100, result
     assert result["latencyRows"] == 1
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+async def test_page_calls_a_keyed_server_with_a_client_secret(tmp_path: Path) -> None:
+    """With an API key set, the page connects with the one-call secret in its URL fragment, never the key."""
+    import aiohttp
+    from playwright.async_api import async_playwright
+
+    from tests.conftest import run_server
+
+    key = "sk-browser-" + "b" * 24
+    config = f'[server]\napi_key = "{key}"\n[models]\nstack = "echo"\n'
+    args = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            "--allow-loopback-in-peer-connection"]
+    with run_server(tmp_path, config, ready_timeout=90) as url:
+        async with aiohttp.ClientSession() as http, http.post(
+                f"{url}/v1/realtime/client_secrets", headers={"Authorization": f"Bearer {key}"}) as r:
+            secret = (await r.json())["value"]
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+            try:
+                page = await browser.new_page()
+                requests: list[str] = []
+                page.on("request", lambda req: requests.append(f"{req.url} {req.headers.get('authorization')}"))
+                await page.goto(f"{url}/#client_secret={secret}")
+                await page.click("#call")
+                await page.wait_for_function("window.parley.state === 'listening'", timeout=30000)
+                assert await page.evaluate("location.hash") == ""  # the used secret left the address bar
+                assert not any(key in line for line in requests)
+                assert any(line.endswith(f"/offer Bearer {secret}") for line in requests), requests
+                await page.click("#hangup")
+                await page.wait_for_function("window.parley.state === 'idle'", timeout=5000)
+                # Calling again from the same page: the secret is spent, the server says 401 and the page shows it.
+                await page.click("#call")
+                await page.wait_for_function("!document.getElementById('error').hidden", timeout=15000)
+                assert "invalid_api_key" in await page.inner_text("#error")
+            finally:
+                await browser.close()

@@ -154,7 +154,8 @@ async def tap(call: SippCall, timeout: float = 15.0) -> None:
                 await asyncio.sleep(0.02)
             call.session_id = found["session_id"]
             call.clock_origin = found["clock"]["monotonic_origin_s"]
-            async with http.ws_connect(f"{call.server.url}/sessions/{call.session_id}/events") as ws:
+            tap_url = f"{call.server.url}/sessions/{call.session_id}/events?token={found['events_token']}"
+            async with http.ws_connect(tap_url) as ws:
                 ready.set()
                 async for msg in ws:
                     call.events.append((time.monotonic(), msg.json()))
@@ -165,6 +166,24 @@ async def tap(call: SippCall, timeout: float = 15.0) -> None:
                                  return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()
+
+
+async def inject_rtp(call: SippCall, speech8k: np.ndarray, timeout: float = 10.0) -> int:
+    """Send `speech8k` as PCMU RTP, paced at 20 ms, from a fresh port to the call's RTP port; returns packets sent."""
+    deadline = time.monotonic() + timeout
+    while not call.capture.streams:  # Parley's first packet names its RTP port
+        assert time.monotonic() < deadline, "no RTP from Parley"
+        await asyncio.sleep(0.01)
+    parley_rtp = next(iter(call.capture.streams))
+    packets = sipp_media.rtp_packets(speech8k, "PCMU", lead_ms=0, tail_ms=200)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        start = time.monotonic()
+        for at, packet in packets:
+            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+            stranger.sendto(rtp.HEADER.pack(*rtp.HEADER.unpack_from(packet)[:4], 0xBAD5EED) + packet[rtp.HEADER.size:],
+                            parley_rtp)
+    return len(packets)
 
 
 async def finish(call: SippCall, timeout: float = 90.0) -> int:
@@ -192,7 +211,12 @@ async def sessions_drop_to_zero(url: str, timeout: float = 10.0) -> None:
 async def test_sipp_call_holds_a_turn_with_dtmf(embedded: SipServer, tmp_path: Path) -> None:
     speech, rate = speak("What is the capital of France?")
     call = await place_call(embedded, tmp_path, speech, rate, "PCMU", offer="0 8", digits="7#")
+    # A stranger on the same host streams its own speech at the call's RTP port from another port, from the
+    # moment that port is known: none of it may reach the session.
+    injected, injected_rate = speak("Purple elephants are dancing on the roof tonight.")
+    injector = asyncio.create_task(inject_rtp(call, sipp_media.to_8k(injected, injected_rate)))
     await call.wait_for("response.done", where=lambda e: e["response"]["status"] == "completed")
+    sent = await injector
     await asyncio.sleep(1.0)  # the key presses follow the speech in the caller's stream
     call.hang_up()
     assert await finish(call) == 0, call.log.read_text()[-2000:] if call.log else ""
@@ -200,6 +224,11 @@ async def test_sipp_call_holds_a_turn_with_dtmf(embedded: SipServer, tmp_path: P
     done = [e for e in call.of_type("response.done") if e["response"]["status"] == "completed"]
     heard = call.of_type("conversation.item.input_audio_transcription.completed")[0]["transcript"]
     assert {"capital", "france"} <= set(words(heard)), heard
+    assert sent > 100
+    every_word = {w for e in call.of_type("conversation.item.input_audio_transcription.completed")
+                  for w in words(e["transcript"])}
+    assert not every_word & {"purple", "elephants", "dancing", "roof"}, every_word
+    assert len(call.of_type("input_audio_buffer.speech_started")) == 1  # the caller's one question
     metrics = done[0]["response"]["metrics"]
     assert metrics["end_of_turn_ms"] == 900  # the dialled number's own settings
     assert [e["digit"] for e in call.of_type("input_audio_buffer.dtmf")] == ["7", "#"]

@@ -81,7 +81,9 @@ _DIRECTORY: web.AppKey[dict[str, Session]] = web.AppKey("telephony_calls", dict)
 def directory(app: web.Application) -> dict[str, Session]:
     """Live phone calls by the provider's call id (Twilio CallSid/streamSid, SIP Call-ID), shared by both
     transports; the first caller also adds `GET /telephony/calls/{call_id}`, which answers with the session id
-    so an operator (or a test) can find a call's session and watch it on the event tap."""
+    and its events_token so an operator (or a test) can find a call's session and watch it on the event tap.
+    The provider's call id is the secret here: only the provider, the caller and Parley know it (with an API
+    key configured the lookup needs the key too, like everything under /telephony/)."""
     if _DIRECTORY not in app:
         calls: dict[str, Session] = {}
         app[_DIRECTORY] = calls
@@ -93,7 +95,8 @@ def directory(app: web.Application) -> dict[str, Session]:
                                          status=404)
             # The session clock's origin on this host's monotonic clock, as session.created announces it.
             origin = time.monotonic() - session.now_ms() / 1000.0
-            return web.json_response({"session_id": session.id, "transport": session.link.kind,
+            return web.json_response({"session_id": session.id, "events_token": session.events_token,
+                                      "transport": session.link.kind,
                                       "clock": {"monotonic_origin_s": origin}})
 
         app.router.add_get(CALL_ROUTE, lookup)

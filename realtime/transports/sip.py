@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -26,7 +27,7 @@ from aiohttp import web
 
 from realtime import metrics
 from realtime.engine import CapacityError
-from realtime.transports import phone, sdp, sipmsg
+from realtime.transports import phone, sdp, sipaccess, sipmsg
 from realtime.transports.sipcall import SipCall
 from realtime.transports.sipmsg import SipMessage
 
@@ -63,6 +64,8 @@ class Stats:
     requests: dict[str, int] = field(default_factory=dict)
     responses: dict[int, int] = field(default_factory=dict)
     malformed: int = 0
+    forbidden: int = 0
+    unauthorized: int = 0
 
 
 class SipServer(asyncio.DatagramProtocol):
@@ -78,6 +81,10 @@ class SipServer(asyncio.DatagramProtocol):
         self._byes: dict[str, asyncio.Task[None]] = {}  # branch -> retransmission of a BYE we sent
         self._answering: set[str] = set()  # Call-IDs whose INVITE is being set up (an RTP port being bound)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._sources = sipaccess.SourceFilter(self.config.sip_allowed_sources)
+        self._digest = sipaccess.DigestAuth(self.config.sip_digest_user,
+                                            os.environ.get("PARLEY_SIP_PASSWORD") or self.config.sip_digest_password)
+        self._refused_logged: set[str] = set()
 
     @property
     def public_host(self) -> str:
@@ -117,6 +124,9 @@ class SipServer(asyncio.DatagramProtocol):
             if exc.partial is not None and exc.partial.is_request and exc.partial.get("via"):
                 self._send(sipmsg.response(exc.partial, 400, "Bad Request", extra=self._headers(str(exc))), peer)
             return
+        if not self._sources.allows(peer[0]):
+            self._forbid(message, peer)
+            return
         if not message.is_request:
             self._response(message)
             return
@@ -146,6 +156,8 @@ class SipServer(asyncio.DatagramProtocol):
         if method in ("INVITE", "CANCEL", "BYE", "OPTIONS") and self._resend_final(message, peer):
             return
         if method == "INVITE":
+            if not message.to_tag and dialog is None and not self._authorized(message, peer):
+                return
             if not message.to_tag:
                 if dialog is not None:  # retransmission of the INVITE already answered
                     self._send(dialog.answer, peer)
@@ -175,6 +187,26 @@ class SipServer(asyncio.DatagramProtocol):
             self._reply(message, peer, 200, "OK", extra=[("Accept", "application/sdp")])
         else:
             self._reply(message, peer, 405, "Method Not Allowed")
+
+    def _forbid(self, message: SipMessage, peer: tuple[str, int]) -> None:
+        self.stats.forbidden += 1
+        if peer[0] not in self._refused_logged and len(self._refused_logged) < 64:
+            self._refused_logged.add(peer[0])
+            log.warning("SIP from %s:%d refused: not in [telephony].sip_allowed_sources", *peer)
+        if message.is_request and message.method != "ACK" and message.get("via"):
+            self._reply(message, peer, 403, "Forbidden", warning="source address not allowed")
+
+    def _authorized(self, invite: SipMessage, peer: tuple[str, int]) -> bool:
+        """With digest authentication on, a new INVITE without valid credentials gets a 401 challenge."""
+        if not self._digest.enabled:
+            return True
+        if self._digest.verify("INVITE", invite.get("authorization") or ""):
+            return True
+        self.stats.unauthorized += 1
+        log.info("SIP INVITE %s from %s:%d challenged (%s)", invite.call_id, *peer,
+                 "wrong credentials" if invite.get("authorization") else "no credentials")
+        self._reply(invite, peer, 401, "Unauthorized", extra=[("WWW-Authenticate", self._digest.challenge())])
+        return False
 
     async def _invite(self, invite: SipMessage, peer: tuple[str, int]) -> None:
         self._answering.add(invite.call_id)

@@ -32,7 +32,7 @@ from xml.sax.saxutils import quoteattr
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from realtime import events
-from realtime.transports import g711, phone
+from realtime.transports import g711, phone, twilio_signature
 from realtime.transports.rtp import DTMF_EVENTS
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ ROUTE = "/telephony/twilio"
 TWIML_ROUTE = "/telephony/twilio/twiml"
 MAX_PAYLOAD_BYTES = 1600  # 200 ms of µ-law; Twilio sends 160 (20 ms)
 MAX_FRAME_BYTES = 64 * 1024
-START_TIMEOUT_S = 10.0
 MARK_EVERY_MS = 1000
 LAG_SMOOTHING = 0.3
 
@@ -121,7 +120,7 @@ class TwilioCall:
         timeout = self.engine.config.telephony.media_timeout_ms / 1000.0
         try:
             while True:
-                wait = START_TIMEOUT_S if self.session is None else timeout
+                wait = self.engine.config.server.ws_idle_timeout_s if self.session is None else timeout
                 try:
                     msg = await self.ws.receive(timeout=wait)
                 except TimeoutError:
@@ -366,6 +365,15 @@ def stream_url(request: web.Request, configured: str) -> str:
     return f"{'wss' if secure else 'ws'}://{host}{ROUTE}"
 
 
+def webhook_url(request: web.Request, configured: str) -> str:
+    """The URL Twilio requested, as it signed it: the configured public one, or rebuilt behind a TLS proxy."""
+    if configured:
+        return configured + (f"?{request.query_string}" if request.query_string else "")
+    secure = request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+    host = request.headers.get("X-Forwarded-Host") or request.host
+    return f"{'https' if secure else 'http'}://{host}{request.path_qs}"
+
+
 def add_routes(app: web.Application, engine: Engine) -> None:
     directory = phone.directory(app)
     calls: set[TwilioCall] = set()
@@ -383,6 +391,16 @@ def add_routes(app: web.Application, engine: Engine) -> None:
 
     async def connect(request: web.Request) -> web.Response:
         form = await request.post() if request.method == "POST" else request.query
+        token = engine.config.telephony.twilio_auth_token
+        if token:
+            params = [(k, str(v)) for k, v in form.items()] if request.method == "POST" else []
+            url = webhook_url(request, engine.config.telephony.twilio_webhook_url)
+            if not twilio_signature.is_valid(token, url, params, request.headers.get("X-Twilio-Signature", "")):
+                log.warning("Twilio webhook from %s refused: missing or wrong X-Twilio-Signature for %s",
+                            request.remote, url)
+                return web.json_response({"error": {"type": "invalid_signature", "message":
+                                          "X-Twilio-Signature is missing or does not sign this request with "
+                                          "[telephony].twilio_auth_token"}}, status=403)
         fields = {"to": str(form.get("To", "")), "from": str(form.get("From", "")),
                   "call_sid": str(form.get("CallSid", ""))}
         url = stream_url(request, engine.config.telephony.twilio_stream_url)
