@@ -21,7 +21,7 @@ import pytest
 from benchmarks.client import ParleyCall
 from benchmarks.sipp_media import free_udp_port
 from realtime.transports import twilio_signature
-from tests.conftest import run_server, speak, words
+from tests.conftest import healthz, run_server, speak, words
 
 pytestmark = pytest.mark.timeout(120)
 needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="needs SIPp (Debian package sip-tester)")
@@ -207,6 +207,21 @@ def test_sip_from_outside_the_allowed_sources_gets_403(open_server: Open, tmp_pa
     rc = _sipp(open_server, "refused.xml", "127.0.0.2", tmp_path, "-au", SIP_USER, "-ap", SIP_PASSWORD,
                status="403")
     assert rc == 0, (tmp_path / "refused.xml.log").read_text()[-2000:]
+    # Any request from there gets 403, a broken one nothing at all, and the listener carries on.
+    head = (f"OPTIONS sip:parley@127.0.0.1:{open_server.sip_port} SIP/2.0\r\n"
+            "Via: SIP/2.0/UDP 127.0.0.2:5999;branch=z9hG4bKstranger\r\nFrom: <sip:x@127.0.0.2>;tag=1\r\n"
+            "To: <sip:parley@127.0.0.1>\r\nCall-ID: stranger-1\r\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        stranger.bind(("127.0.0.2", 0))
+        stranger.settimeout(2)
+        stranger.sendto((head + "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode(),
+                        ("127.0.0.1", open_server.sip_port))
+        assert stranger.recv(2000).startswith(b"SIP/2.0 403 Forbidden")
+        stranger.sendto((head + "Content-Length: 0\r\n\r\n").encode(), ("127.0.0.1", open_server.sip_port))
+        stranger.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            stranger.recv(2000)
+    assert healthz(open_server.url)["status"] == "ok"
 
 
 @needs_sipp

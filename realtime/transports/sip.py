@@ -193,7 +193,8 @@ class SipServer(asyncio.DatagramProtocol):
         if peer[0] not in self._refused_logged and len(self._refused_logged) < 64:
             self._refused_logged.add(peer[0])
             log.warning("SIP from %s:%d refused: not in [telephony].sip_allowed_sources", *peer)
-        if message.is_request and message.method != "ACK" and message.get("via"):
+        # A response needs the request's Via, From, To, Call-ID and CSeq; a stranger's broken request gets nothing.
+        if message.is_request and message.method != "ACK" and not sipmsg.missing_headers(message):
             self._reply(message, peer, 403, "Forbidden", warning="source address not allowed")
 
     def _authorized(self, invite: SipMessage, peer: tuple[str, int]) -> bool:
