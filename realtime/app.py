@@ -27,7 +27,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.warmup import WarmUpError
-from realtime import auth, metrics, ratelimit
+from realtime import auth, drain, metrics, ratelimit
 from realtime.config import Config, ConfigError
 from realtime.engine import CapacityError, Engine
 from realtime.transports import aiortc_tuning, ice, sip, twilio
@@ -43,6 +43,8 @@ LOADER: web.AppKey[asyncio.Task[None]] = web.AppKey("loader", asyncio.Task)
 # Set when the stack failed to load or warm up: server.py exits non-zero with it after the app stops.
 FAILURE: web.AppKey[list[str]] = web.AppKey("failure", list)
 RETRY_AFTER_S = 2
+REFUSALS = {"loading": "models are loading", "capacity": "server at capacity",
+            "draining": "this server is shutting down; retry and another one will take the call"}
 
 
 def json_error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -69,11 +71,10 @@ async def offer(request: web.Request) -> web.StreamResponse:
         settings = engine.session_settings(overrides)
     except ConfigError as exc:
         return json_error(400, "invalid_session", str(exc))
-    if not engine.ready or len(engine.sessions) >= engine.config.server.max_sessions:
-        reason = "loading" if not engine.ready else "capacity"
+    reason = engine.refusal()
+    if reason is not None:
         metrics.REJECTED.labels(reason).inc()
-        return json_error(503, reason, "models are loading" if reason == "loading" else "server at capacity",
-                          headers={"Retry-After": str(RETRY_AFTER_S)})
+        return json_error(503, reason, REFUSALS[reason], headers={"Retry-After": str(RETRY_AFTER_S)})
     call = WebRTCCall(engine, request.app[CALLS])
     try:
         answer = await call.accept(sdp, settings)
@@ -93,6 +94,7 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({
         "status": "ok" if engine.ready else "loading",
         "ready": engine.ready,
+        "draining": engine.draining,
         "not_ready_reason": engine.not_ready_reason or None,
         "pid": os.getpid(),
         "stack": engine.stack.name if engine.ready else engine.config.models.stack,
@@ -114,10 +116,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """For load balancers and Kubernetes readiness probes: 200 only when a call would be taken now."""
     engine = request.app[ENGINE]
-    full = len(engine.sessions) >= engine.config.server.max_sessions
-    if engine.ready and not full:
+    refusal = engine.refusal()
+    if refusal is None:
         return web.json_response({"ready": True, "sessions": len(engine.sessions)})
-    reason = engine.not_ready_reason if not engine.ready else "at capacity"
+    reason = {"loading": engine.not_ready_reason, "capacity": "at capacity"}.get(refusal, refusal)
     return web.json_response({"ready": False, "reason": reason}, status=503,
                              headers={"Retry-After": str(RETRY_AFTER_S)})
 
@@ -235,6 +237,7 @@ async def _startup(app: web.Application) -> None:
     # Answer /healthz at once (alive, "loading") and /readyz 503 until warm: a process manager can tell starting
     # from stuck, and a load balancer sends no call before the models have run once.
     app[LOADER] = asyncio.create_task(load(), name="load-stack")
+    drain.install(engine)
 
 
 async def _shutdown(app: web.Application) -> None:

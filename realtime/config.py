@@ -52,6 +52,9 @@ class ServerConfig:
     header_timeout_s: float = 10.0
     # A WebSocket that has not identified itself (Twilio's `start`) within this many seconds is closed.
     ws_idle_timeout_s: float = 10.0
+    # On SIGTERM: refuse new calls (503 + Retry-After, SIP 503), let live ones go on for up to this long, then exit.
+    # 0 = exit at once. A second SIGTERM (or SIGINT) exits at once.
+    drain_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -370,6 +373,8 @@ def validate(config: Config) -> Config:
     server = config.server
     if server.rate_limit_per_minute < 0 or server.rate_limit_burst < 0:
         raise ConfigError("[server] rate_limit_per_minute and rate_limit_burst must be >= 0 (0 = no limit)")
+    if server.drain_timeout_s < 0:
+        raise ConfigError("[server].drain_timeout_s must be >= 0")
     if server.header_timeout_s <= 0 or server.ws_idle_timeout_s <= 0:
         raise ConfigError("[server] header_timeout_s and ws_idle_timeout_s must be > 0")
     ice = config.ice

@@ -48,6 +48,9 @@ class Engine:
         self.load_seconds: float | None = None
         self._ready = asyncio.Event()
         self.not_ready_reason = "starting"
+        # Set by SIGTERM (realtime/drain.py): live sessions go on, new ones are refused.
+        self.draining = False
+        self._idle = asyncio.Event()  # set whenever the last session closes
         self.warm_up: WarmUpReport | None = None
 
     @property
@@ -122,9 +125,21 @@ class Engine:
         voice_settings(settings)  # a bad cloning sample is refused here, not at the first reply
         return settings
 
+    def refusal(self) -> str | None:
+        """Why a new call would be refused now ("loading", "draining", "capacity"), or None if it is welcome."""
+        if not self.ready:
+            return "loading"
+        if self.draining:
+            return "draining"
+        if len(self.sessions) >= self.config.server.max_sessions:
+            return "capacity"
+        return None
+
     def open_session(self, link: TransportLink, settings: SessionConfig) -> Session:
         if not self.ready:
             raise CapacityError("models are still loading")
+        if self.draining:
+            raise CapacityError("the server is shutting down (draining)")
         if len(self.sessions) >= self.config.server.max_sessions:
             raise CapacityError(f"this worker holds its maximum of {self.config.server.max_sessions} sessions")
         # 128 random bits: an id cannot be guessed, so knowing one is a capability. The pid says which worker
@@ -139,11 +154,19 @@ class Engine:
     async def close_session(self, session: Session, reason: str) -> None:
         if self.sessions.pop(session.id, None) is None:
             return
+        if not self.sessions:
+            self._idle.set()
         metrics.SESSIONS.labels(session.link.kind).dec()
         await session.close(reason)
         if session.summary is not None and reason != "setup_failed":
             self.recent_summaries.append(session.summary)
             metrics.observe_summary(session.summary)
+
+    async def wait_idle(self) -> None:
+        """Returns once no session is live."""
+        while self.sessions:
+            self._idle.clear()
+            await self._idle.wait()
 
     async def shutdown(self) -> None:
         for session in list(self.sessions.values()):

@@ -230,6 +230,11 @@ class SipServer(asyncio.DatagramProtocol):
             self._reply(invite, peer, 503, "Service Unavailable", to_tag=local_tag, warning="models are loading",
                         extra=[("Retry-After", str(RETRY_AFTER_S))])
             return
+        if self.engine.draining:
+            metrics.REJECTED.labels("draining").inc()
+            self._reply(invite, peer, 503, "Service Unavailable", to_tag=local_tag, warning="server is draining",
+                        extra=[("Retry-After", str(RETRY_AFTER_S))])
+            return
         if len(self.engine.sessions) >= self.engine.config.server.max_sessions:
             self._busy(invite, peer, local_tag)
             return
