@@ -482,7 +482,8 @@ def test_one_key_press_is_one_digit_even_with_retransmitted_ends() -> None:
 
 
 async def test_server_shutdown_hangs_up_calls_with_bye(tmp_path: Path) -> None:
-    with sip_server(tmp_path, "", stack="echo") as server:
+    # SIGTERM drains first (realtime/drain.py): the call may go on for drain_timeout_s, then it is hung up.
+    with sip_server(tmp_path, "[server]\ndrain_timeout_s = 1\n", stack="echo") as server:
         uac = RawUac(server)
         uac.request("INVITE", "shutdown-1", uac.offer())
         status, headers = uac.final()
