@@ -43,8 +43,6 @@ LOADER: web.AppKey[asyncio.Task[None]] = web.AppKey("loader", asyncio.Task)
 # Set when the stack failed to load or warm up: server.py exits non-zero with it after the app stops.
 FAILURE: web.AppKey[list[str]] = web.AppKey("failure", list)
 RETRY_AFTER_S = 2
-REFUSALS = {"loading": "models are loading", "capacity": "server at capacity",
-            "draining": "this server is shutting down; retry and another one will take the call"}
 
 
 def json_error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -74,7 +72,7 @@ async def offer(request: web.Request) -> web.StreamResponse:
     reason = engine.refusal()
     if reason is not None:
         metrics.REJECTED.labels(reason).inc()
-        return json_error(503, reason, REFUSALS[reason], headers={"Retry-After": str(RETRY_AFTER_S)})
+        return json_error(503, reason, engine.refusal_message(reason), headers={"Retry-After": str(RETRY_AFTER_S)})
     call = WebRTCCall(engine, request.app[CALLS])
     try:
         answer = await call.accept(sdp, settings)

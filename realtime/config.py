@@ -401,7 +401,7 @@ def check_telephony(config: Config) -> None:
         except ValueError:
             raise ConfigError(f"[telephony].sip_allowed_sources: {source!r} is not an address or CIDR "
                               "network") from None
-    if bool(t.sip_digest_user) != bool(t.sip_digest_password or os.environ.get("PARLEY_SIP_PASSWORD")):
+    if bool(t.sip_digest_user) != bool(sip_digest_password(t)):
         raise ConfigError("[telephony] digest authentication needs both sip_digest_user and "
                           "sip_digest_password (or PARLEY_SIP_PASSWORD)")
     if t.sip and t.sip_host in ("0.0.0.0", "::", "") and not t.rtp_public_ip:
@@ -414,6 +414,11 @@ def check_telephony(config: Config) -> None:
             raise ConfigError(f"[telephony.numbers] number {number.number!r} is empty or listed twice")
         seen.add(key)
         with_session_overrides(config.session, number.session, f"telephony.numbers.{number.number}.session")
+
+
+def sip_digest_password(t: TelephonyConfig) -> str:
+    """The environment wins over the TOML, so a password need not be written into a file."""
+    return os.environ.get("PARLEY_SIP_PASSWORD", "") or t.sip_digest_password
 
 
 def number_key(number: str) -> str:

@@ -135,13 +135,17 @@ class Engine:
             return "capacity"
         return None
 
+    def refusal_message(self, reason: str) -> str:
+        return {
+            "loading": "models are still loading",
+            "draining": "this server is shutting down; retry and another one will take the call",
+            "capacity": f"this worker holds its maximum of {self.config.server.max_sessions} sessions",
+        }[reason]
+
     def open_session(self, link: TransportLink, settings: SessionConfig) -> Session:
-        if not self.ready:
-            raise CapacityError("models are still loading")
-        if self.draining:
-            raise CapacityError("the server is shutting down (draining)")
-        if len(self.sessions) >= self.config.server.max_sessions:
-            raise CapacityError(f"this worker holds its maximum of {self.config.server.max_sessions} sessions")
+        reason = self.refusal()
+        if reason is not None:
+            raise CapacityError(self.refusal_message(reason))
         # 128 random bits: an id cannot be guessed, so knowing one is a capability. The pid says which worker
         # holds the session (the events tap must reach that one).
         session_id = f"sess_{os.getpid()}_{secrets.token_hex(16)}"

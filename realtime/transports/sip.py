@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 from aiohttp import web
 
 from realtime import metrics
+from realtime.config import sip_digest_password
 from realtime.engine import CapacityError
 from realtime.transports import phone, sdp, sipaccess, sipmsg
 from realtime.transports.sipcall import SipCall
@@ -82,8 +82,7 @@ class SipServer(asyncio.DatagramProtocol):
         self._answering: set[str] = set()  # Call-IDs whose INVITE is being set up (an RTP port being bound)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sources = sipaccess.SourceFilter(self.config.sip_allowed_sources)
-        self._digest = sipaccess.DigestAuth(self.config.sip_digest_user,
-                                            os.environ.get("PARLEY_SIP_PASSWORD") or self.config.sip_digest_password)
+        self._digest = sipaccess.DigestAuth(self.config.sip_digest_user, sip_digest_password(self.config))
         self._refused_logged: set[str] = set()
 
     @property
@@ -225,18 +224,14 @@ class SipServer(asyncio.DatagramProtocol):
             log.info("SIP INVITE %s from %s:%d refused: %s", call_id, *peer, exc)
             self._reply(invite, peer, 488, "Not Acceptable Here", to_tag=local_tag, warning=str(exc))
             return
-        if not self.engine.ready:
-            metrics.REJECTED.labels("loading").inc()
-            self._reply(invite, peer, 503, "Service Unavailable", to_tag=local_tag, warning="models are loading",
-                        extra=[("Retry-After", str(RETRY_AFTER_S))])
-            return
-        if self.engine.draining:
-            metrics.REJECTED.labels("draining").inc()
-            self._reply(invite, peer, 503, "Service Unavailable", to_tag=local_tag, warning="server is draining",
-                        extra=[("Retry-After", str(RETRY_AFTER_S))])
-            return
-        if len(self.engine.sessions) >= self.engine.config.server.max_sessions:
+        refusal = self.engine.refusal()
+        if refusal == "capacity":
             self._busy(invite, peer, local_tag)
+            return
+        if refusal is not None:  # loading or draining: another server can take the call now
+            metrics.REJECTED.labels(refusal).inc()
+            self._reply(invite, peer, 503, "Service Unavailable", to_tag=local_tag,
+                        warning=self.engine.refusal_message(refusal), extra=[("Retry-After", str(RETRY_AFTER_S))])
             return
         number = sipmsg.user_of(invite.uri) or sipmsg.user_of(sipmsg.uri_of(invite.get("to") or ""))
         settings = phone.settings_for(self.engine, number)

@@ -356,12 +356,16 @@ def twiml(stream_url: str, parameters: dict[str, str]) -> str:
             f"<Response><Connect><Stream url={quoteattr(stream_url)}>{params}</Stream></Connect></Response>\n")
 
 
+def _public_origin(request: web.Request) -> tuple[bool, str]:
+    """(secure, host) as the client saw them: behind a TLS-terminating proxy the request arrives as plain http."""
+    secure = request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+    return secure, request.headers.get("X-Forwarded-Host") or request.host
+
+
 def stream_url(request: web.Request, configured: str) -> str:
     if configured:
         return configured
-    # Behind a TLS-terminating proxy the request arrives as http; Twilio itself only connects to wss://.
-    secure = request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
-    host = request.headers.get("X-Forwarded-Host") or request.host
+    secure, host = _public_origin(request)  # Twilio itself only connects to wss://
     return f"{'wss' if secure else 'ws'}://{host}{ROUTE}"
 
 
@@ -369,8 +373,7 @@ def webhook_url(request: web.Request, configured: str) -> str:
     """The URL Twilio requested, as it signed it: the configured public one, or rebuilt behind a TLS proxy."""
     if configured:
         return configured + (f"?{request.query_string}" if request.query_string else "")
-    secure = request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
-    host = request.headers.get("X-Forwarded-Host") or request.host
+    secure, host = _public_origin(request)
     return f"{'https' if secure else 'http'}://{host}{request.path_qs}"
 
 
