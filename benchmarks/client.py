@@ -182,13 +182,29 @@ class EventLog:
             await self.wait_changed(remaining)
 
 
+def native_view(event: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI Realtime event with Parley's extensions, as the harness reads Parley's own protocol: the
+    `parley.*` events under their native names, `response.done` metrics and the clock origin where they live there."""
+    kind = str(event.get("type", ""))
+    if kind.startswith("parley."):
+        return {**event, "type": kind.removeprefix("parley.")}
+    if kind == "response.done" and "parley_metrics" in event.get("response", {}):
+        return {**event, "response": {**event["response"], "metrics": event["response"]["parley_metrics"]}}
+    if kind == "session.created" and "parley_clock" in event.get("session", {}):
+        return {**event, "session": {**event["session"], "clock": event["session"]["parley_clock"]}}
+    return event
+
+
 class ParleyCall(EventLog):
     """One call to a Parley server over WebRTC (loopback)."""
 
     def __init__(self, url: str, session: dict[str, Any] | None = None, keep_audio: bool = True,
-                 preencoded: bool = False, token: str = "") -> None:
+                 preencoded: bool = False, token: str = "", openai: bool = False, extensions: bool = False) -> None:
         """`preencoded`: send Opus encoded once per distinct clip (benchmarks.opus_mic), for load generators.
-        `token`: the API key or a client secret, for a server with authentication on."""
+        `token`: the API key or a client secret, for a server with authentication on.
+        `openai`: call through OpenAI Realtime's WebRTC flow (POST /v1/realtime/calls, `oai-events`; `session` is
+        then a GA session object) instead of Parley's /offer. `extensions`: with `openai`, ask for Parley's
+        `parley.*` events and metrics, and record them under their native names so the harness reads them alike."""
         super().__init__()
         # aioice leaves loopback out of host candidates: in a loopback-only namespace a caller would have none.
         ice.install(IceConfig())
@@ -205,7 +221,9 @@ class ParleyCall(EventLog):
         self.server_clock_origin: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._opened = asyncio.Event()
-        self.channel = self.pc.createDataChannel("events")
+        self.openai = openai
+        self.extensions = extensions
+        self.channel = self.pc.createDataChannel("oai-events" if openai else "events")
 
     async def connect(self, timeout: float = 20.0) -> None:
         pc = self.pc
@@ -218,6 +236,8 @@ class ParleyCall(EventLog):
         @self.channel.on("message")
         def on_message(message: str | bytes) -> None:
             event = json.loads(message)
+            if self.openai and self.extensions:
+                event = native_view(event)
             if event.get("type") == "session.created":
                 self.server_clock_origin = event["session"].get("clock", {}).get("monotonic_origin_s")
             self.record(event)
@@ -233,16 +253,38 @@ class ParleyCall(EventLog):
                 watch_receiver(transceiver.receiver, self.wire)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         async with aiohttp.ClientSession(headers=headers) as http:
-            body = {"sdp": pc.localDescription.sdp, "type": "offer", "session": self.overrides}
-            async with http.post(f"{self.url}/offer", json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
-                answer = await r.json()
-                if r.status != 200:
-                    raise RuntimeError(f"offer rejected ({r.status}): {answer}")
+            if self.openai:
+                answer = await self._openai_offer(http, pc.localDescription.sdp, timeout)
+            else:
+                body = {"sdp": pc.localDescription.sdp, "type": "offer", "session": self.overrides}
+                async with http.post(f"{self.url}/offer", json=body,
+                                     timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                    answer = await r.json()
+                    if r.status != 200:
+                        raise RuntimeError(f"offer rejected ({r.status}): {answer}")
         self.session_id = answer["session_id"]
         self.events_token = str(answer.get("events_token", ""))
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         await asyncio.wait_for(self._opened.wait(), timeout)
         await self.wait_for("session.created", timeout=timeout)
+
+    async def _openai_offer(self, http: aiohttp.ClientSession, sdp: str, timeout: float) -> dict[str, Any]:
+        """POST /v1/realtime/calls: the SDP alone, or multipart with the GA session object."""
+        url = f"{self.url}/v1/realtime/calls" + ("?parley_extensions=1" if self.extensions else "")
+        body: Any
+        if self.overrides:
+            body = aiohttp.FormData()
+            body.add_field("sdp", sdp, content_type="application/sdp")
+            body.add_field("session", json.dumps(self.overrides), content_type="application/json")
+        else:
+            body = sdp
+        headers = {} if self.overrides else {"Content-Type": "application/sdp"}
+        async with http.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            text = await r.text()
+            if r.status != 201:
+                raise RuntimeError(f"call rejected ({r.status}): {text}")
+            location = r.headers.get("Location", "")
+        return {"sdp": text, "session_id": location.rsplit("/", 1)[-1], "location": location}
 
     async def _record(self, track: MediaStreamTrack) -> None:
         try:

@@ -1,4 +1,5 @@
-"""Which caller the harness dials with: WebRTC (benchmarks.client) or Twilio Media Streams (if present).
+"""Which caller the harness dials with: WebRTC (benchmarks.client; Parley's /offer or OpenAI Realtime's
+/v1/realtime/calls) or Twilio Media Streams (if present).
 
 Every caller has ParleyCall's API: `connect()`, `play(samples, rate, marks)`, `mic.mark_times`, `mic.idle`,
 `received` (times, levels, pts), `events`, `wait_for(...)`, `server_time(ms)`, `close()`.
@@ -13,7 +14,7 @@ import numpy as np
 
 from benchmarks.client import ParleyCall, Received
 
-TRANSPORTS = ("webrtc", "twilio")
+TRANSPORTS = ("webrtc", "openai", "twilio")
 
 
 class Caller(Protocol):
@@ -45,6 +46,12 @@ def make_caller(transport: str, url: str, session: dict[str, Any], keep_audio: b
                 preencoded: bool = False) -> Caller:
     if transport == "webrtc":
         return ParleyCall(url, session=session, keep_audio=keep_audio, preencoded=preencoded)
+    if transport == "openai":
+        # The same WebRTC call through OpenAI Realtime's flow (POST /v1/realtime/calls, `oai-events`), with
+        # Parley's overrides in the GA session's `parley` field and its metrics as extension events.
+        ga = {"type": "realtime", "audio": {"input": {"transcription": {"model": "parley"}}}, "parley": session}
+        return ParleyCall(url, session=ga, keep_audio=keep_audio, preencoded=preencoded, openai=True,
+                          extensions=True)
     if transport == "twilio":
         if session:
             # A Twilio call cannot carry overrides: its settings come from [telephony.numbers] in the config.

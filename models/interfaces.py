@@ -49,6 +49,7 @@ class Message:
     content: str
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
+    item_id: str = ""  # the conversation item it came from (clients may delete items); models ignore it
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@
                     or that session's events_token
     GET  /metrics   Prometheus
     POST /v1/realtime/client_secrets   a one-call credential for a browser (with the API key; realtime/auth.py)
+    GET  /v1/realtime   OpenAI Realtime (GA) WebSocket; POST /v1/realtime/calls: the same over WebRTC
+                    (realtime/openai_realtime/)
     /telephony/...  phone calls, when [telephony] enables them (realtime/transports/twilio.py, sip.py)
 """
 
@@ -30,6 +32,9 @@ from models.warmup import WarmUpError
 from realtime import auth, drain, metrics, ratelimit
 from realtime.config import Config, ConfigError
 from realtime.engine import CapacityError, Engine
+from realtime.openai_realtime import calls as realtime_calls
+from realtime.openai_realtime import websocket as realtime_websocket
+from realtime.openai_realtime.session_config import WireSettings, render
 from realtime.transports import aiortc_tuning, ice, sip, twilio
 from realtime.transports.webrtc import OfferError, WebRTCCall
 
@@ -201,7 +206,9 @@ def create_app(config: Config, engine: Engine | None = None) -> web.Application:
     app.router.add_get("/stats", stats)
     app.router.add_get("/sessions/{session_id}/events", session_events)
     app.router.add_get("/metrics", prometheus)
-    auth.add_routes(app, credentials)
+    auth.add_routes(app, credentials, lambda: render("", WireSettings(), config.session))
+    realtime_websocket.add_routes(app, app[ENGINE], json_error)
+    realtime_calls.add_routes(app, app[ENGINE], calls, json_error)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     if config.telephony.twilio:

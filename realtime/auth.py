@@ -6,8 +6,9 @@ With a key (`PARLEY_API_KEY`, or `[server].api_key`) every entry point except th
 upgraded or any peer connection exists:
 
     the API key          everything
-    a client secret      one POST /offer within its lifetime (`POST /v1/realtime/client_secrets` mints it), for
-                         browsers, so that the key itself never reaches one
+    a client secret      one call within its lifetime (POST /offer, POST /v1/realtime/calls or the
+                         /v1/realtime WebSocket; `POST /v1/realtime/client_secrets` mints it), for browsers, so
+                         that the key itself never reaches one
     ?token=<credential>  instead of the header, under /telephony/ and /sessions/ only: phone providers and
                          browsers' WebSocket API cannot set headers
 
@@ -32,8 +33,8 @@ from aiohttp.typedefs import Middleware
 API_KEY_ENV = "PARLEY_API_KEY"
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz"})
 PUBLIC_PREFIXES = ("/static/",)
-# Paths a client secret opens (once): starting a call, nothing that reads other calls or the engine.
-CALL_PATHS = frozenset({"/offer"})
+# What a client secret opens (once): starting a call, nothing that reads other calls or the engine.
+CALL_PATHS = frozenset({("POST", "/offer"), ("POST", "/v1/realtime/calls"), ("GET", "/v1/realtime")})
 QUERY_TOKEN_PREFIXES = ("/telephony/", "/sessions/")
 # Event taps: the handler accepts the API key or the session's own events_token.
 TAP_PREFIX = "/sessions/"
@@ -132,21 +133,24 @@ def middleware(credentials: Credentials) -> Middleware:
             return await handler(request)
         if request.path.startswith(TAP_PREFIX):
             return await handler(request)  # the tap checks the session's events_token itself
-        if request.path in CALL_PATHS and request.method == "POST" and credentials.redeem(presented):
+        if (request.method, request.path) in CALL_PATHS and credentials.redeem(presented):
             return await handler(request)
         return unauthorized("the credential is not this server's API key, or a client secret that is unused "
-                            "and unexpired (client secrets open one call: POST /offer)")
+                            "and unexpired (client secrets open one call: POST /offer, POST /v1/realtime/calls, "
+                            "GET /v1/realtime)")
 
     return authenticate
 
 
-def add_routes(app: web.Application, credentials: Credentials) -> None:
+def add_routes(app: web.Application, credentials: Credentials,
+               describe_session: Callable[[], dict[str, object]] = dict) -> None:
     async def client_secret(request: web.Request) -> web.Response:
         if not credentials.enabled:
             return web.json_response({"error": {"type": "invalid_request_error", "message":
                                       "no API key is configured (PARLEY_API_KEY): calls need no credential"}},
                                      status=400)
         value, expires_at = credentials.mint()
-        return web.json_response({"value": value, "expires_at": expires_at})
+        # `session`: what a call opened with it gets (OpenAI's client-secret answer carries the same).
+        return web.json_response({"value": value, "expires_at": expires_at, "session": describe_session()})
 
     app.router.add_post(SECRETS_PATH, client_secret)

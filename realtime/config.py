@@ -132,6 +132,15 @@ class SessionConfig:
     context_tokens: int = 1536
     # Longest user turn kept in audio; longer speech forces an end of turn.
     max_turn_ms: int = 28000
+    # Push-to-talk: the VAD opens no turns; the client commits the audio it sent and asks for each response
+    # (OpenAI Realtime's `turn_detection: null`).
+    manual_turns: bool = False
+    # At a detected end of turn, answer it (False: the turn only enters the conversation).
+    create_response: bool = True
+    # The caller's speech stops a reply that is playing (barge-in).
+    interrupt_response: bool = True
+    # Replies in words only: no speech is synthesized (OpenAI Realtime's `output_modalities: ["text"]`).
+    text_only: bool = False
 
 
 @dataclass(frozen=True)

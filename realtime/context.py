@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from models.interfaces import Message, ToolCall, UserInput
+from models.interfaces import Message, Role, ToolCall, UserInput
 
 
 def rough_token_count(text: str) -> int:
@@ -49,22 +49,38 @@ class ContextManager:
             kept.pop(0)
         return [Message("system", self.instructions), *kept, *current_msgs]
 
-    def add_user(self, user: UserInput) -> None:
-        self.history.append(Message("user", user.text))
+    def add_user(self, user: UserInput, item_id: str = "") -> None:
+        self.history.append(Message("user", user.text, item_id=item_id))
         if user.audio_tokens:
             self.audio_tokens += user.audio_tokens
             self.text_tokens_of_audio_turns += self.count_tokens(user.text)
         self._trim()
 
-    def add_assistant(self, text: str, tool_calls: tuple[ToolCall, ...] = ()) -> int:
+    def add_assistant(self, text: str, tool_calls: tuple[ToolCall, ...] = (), item_id: str = "") -> int:
         """Append an assistant message; returns its index so it can be truncated later."""
-        self.history.append(Message("assistant", text, tool_calls=tool_calls))
+        self.history.append(Message("assistant", text, tool_calls=tool_calls, item_id=item_id))
         self._trim()
         return len(self.history) - 1
+
+    def add_note(self, role: Role, text: str, item_id: str = "") -> None:
+        """A message a client inserted in another role (a system note mid-conversation)."""
+        self.history.append(Message(role, text, item_id=item_id))
+        self._trim()
 
     def add_tool_result(self, call: ToolCall, result: str) -> None:
         self.history.append(Message("tool", result, tool_call_id=call.id))
         self._trim()
+
+    def delete(self, item_id: str) -> bool:
+        """Remove the message of this conversation item (conversation.item.delete); False if it is not held."""
+        for i, message in enumerate(self.history):
+            if item_id and message.item_id == item_id:
+                del self.history[i]
+                return True
+        return False
+
+    def prompt_tokens(self, messages: list[Message]) -> int:
+        return self._tokens(messages)
 
     def truncate_assistant(self, index: int, heard_text: str) -> None:
         """Barge-in: the assistant entry becomes what the user actually heard."""

@@ -28,6 +28,16 @@ Transitions:
     RESPONDING    --speech for >= barge_in_ms-->               USER_SPEAKING  (barge-in: audio stopped, context
                                                                                truncated to what was heard)
     RESPONDING    --response.cancel from the client-->         LISTENING
+
+Client-driven turns (OpenAI Realtime's `turn_detection: null`, `conversation.item.create`, `response.create`):
+
+    with manual_turns the VAD opens no turn: commit_input() transcribes the audio span the client committed
+    into the history; add_text() adds a typed user message
+    LISTENING     --request_response(), no input being transcribed-->   RESPONDING  (fresh response)
+    LISTENING     --request_response(), an input being transcribed-->   LISTENING   (answered once it is in)
+    RESPONDING    --the LM calls a client-run tool-->                   (the response ends when its audio has
+                                                                         played; add_tool_output() + a new
+                                                                         request_response() continue)
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from models.interfaces import Message, ToolCall, ToolSpec, UserInput
+from models.interfaces import Message, Role, ToolCall, ToolSpec, UserInput
 from realtime import events
 from realtime.config import SessionConfig
 from realtime.context import ContextManager
@@ -71,11 +81,15 @@ class CloseTurn:
 
 @dataclass(frozen=True)
 class Transcribe:
-    """Produce the user input for the open turn's audio up to `end_sample`; `gen_id` owns the work, if any."""
+    """Produce the user input for the open turn's audio up to `end_sample`; `gen_id` owns the work, if any.
+
+    With `start_sample` the span is exactly [start_sample, end_sample) (a client's manual commit), not the turn.
+    """
 
     input_id: str
     end_sample: int
     gen_id: str | None = None
+    start_sample: int | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,13 @@ class Generate:
     messages: list[Message]
     speculative: bool
     user_text: str = ""  # the transcript of the turn being answered (the prompt may hold audio codes instead)
+
+
+@dataclass(frozen=True)
+class EndGeneration:
+    """Stop the LM where it is (it asked for a tool the client runs); what was said still plays."""
+
+    gen_id: str
 
 
 @dataclass(frozen=True)
@@ -138,8 +159,8 @@ class Prefill:
 
 
 Effect = (
-    OpenTurn | CloseTurn | Transcribe | Generate | CancelGeneration | ReleaseAudio | StopPlayout | RunTool
-    | CancelTool | Speak | Send | Prefill
+    OpenTurn | CloseTurn | Transcribe | Generate | EndGeneration | CancelGeneration | ReleaseAudio | StopPlayout
+    | RunTool | CancelTool | Speak | Send | Prefill
 )
 
 
@@ -158,6 +179,7 @@ class Turn:
     wasted_tokens: int = 0
     final_input_id: str | None = None
     ended_ms: float | None = None  # the end-of-turn decision
+    respond: bool = True  # False: the turn only enters the history (create_response off)
 
 
 @dataclass
@@ -195,6 +217,8 @@ class Gen:
     audio_done: bool = False
     waiting_tool: ToolCall | None = None
     tool: PendingTool | None = None
+    client_call: ToolCall | None = None  # a call the client runs: the response ends with it
+    prompt_tokens: int = 0
     cancel_requested_ms: float | None = None
 
     @property
@@ -268,11 +292,19 @@ class Controller:
         self._ids = itertools.count(1)
         # Barge-in candidate: speech that started while responding, not yet long enough to count.
         self._barge_start: tuple[float, int] | None = None
+        # Client-driven turns: committed audio being transcribed (input id -> item id), in commit order.
+        self._manual_inputs: dict[str, tuple[str, float]] = {}  # input id -> (item id, audio ms)
+        self._response_requested = False
+        self.client_tools: frozenset[str] = frozenset()  # tool names the client runs (OpenAI Realtime `tools`)
+        self._client_calls: dict[str, ToolCall] = {}
+        self._last_item_id: str | None = None
         self._out: list[Effect] = []
 
     # --- inputs ----------------------------------------------------------------------------------------------
 
     def speech_started(self, now: float, start_sample: int) -> list[Effect]:
+        if self.settings.manual_turns:
+            return []  # the client decides when a turn ends
         if self.state == State.LISTENING:
             self._open_turn(now, start_sample)
         elif self.state in (State.PAUSED, State.DRAFTING):
@@ -281,19 +313,21 @@ class Controller:
             self._set(State.USER_SPEAKING)
             assert self.turn is not None
             self.turn.speech_end_ms = None
-            self._send("input_audio_buffer.speech_started", item_id=self.turn.item_id, audio_start_ms=now)
-        elif self.state == State.RESPONDING and self._barge_start is None:
+            self._send("input_audio_buffer.speech_started", item_id=self.turn.item_id, audio_start_ms=now,
+                       audio_start_sample=self.turn.start_sample)
+        elif self.state == State.RESPONDING and self._barge_start is None and self.settings.interrupt_response:
             self._barge_start = (now, start_sample)
             self._check_barge_in(now)
         return self._flush()
 
     def speech_stopped(self, now: float, speech_end_ms: float, end_sample: int) -> list[Effect]:
-        if self.state == State.USER_SPEAKING:
+        if self.state == State.USER_SPEAKING and not self.settings.manual_turns:
             assert self.turn is not None
             self.turn.speech_end_ms = speech_end_ms
             self.turn.end_sample = end_sample
             self._set(State.PAUSED)
-            self._send("input_audio_buffer.speech_stopped", item_id=self.turn.item_id, audio_end_ms=speech_end_ms)
+            self._send("input_audio_buffer.speech_stopped", item_id=self.turn.item_id, audio_end_ms=speech_end_ms,
+                       audio_end_sample=end_sample)
             self._timers(now)
         elif self.state == State.RESPONDING and self._barge_start is not None:
             # Too short to be a barge-in: echo, a cough or a back-channel "mm-hm". The reply goes on.
@@ -305,6 +339,9 @@ class Controller:
         return self._flush()
 
     def input_ready(self, now: float, input_id: str, user_input: UserInput) -> list[Effect]:
+        if input_id in self._manual_inputs:
+            self._manual_input(now, input_id, user_input)
+            return self._flush()
         turn = self.turn
         if turn is not None and input_id == turn.final_input_id:
             self._final_input(now, user_input)
@@ -317,14 +354,14 @@ class Controller:
         if not gen.committed:
             if user_input.key:
                 # A draft's prompt is built from the history plus this input; the history itself is untouched.
-                self._emit(Generate(gen.id, self.context.messages_for(user_input), True, user_input.text))
+                self._generate(gen, True, user_input.text, current=user_input)
         elif not user_input.key:
             # Committed before its transcript was ready, and nothing intelligible was said.
             self._finish_response(gen, now, "cancelled", reason="empty_input")
             self._set(State.LISTENING)
         else:
             self._user_turn_to_context(user_input)
-            self._emit(Generate(gen.id, self.context.messages_for(None), False, user_input.text))
+            self._generate(gen, False, user_input.text)
         return self._flush()
 
     def lm_token(self, now: float, gen_id: str, text: str) -> list[Effect]:
@@ -369,7 +406,7 @@ class Controller:
             return []
         gen.waiting_tool = call
         if gen.committed:
-            self._run_tool(gen, call, now)
+            self._start_tool(gen, call, now)
         # A draft's tool call waits: tools never run for uncommitted drafts.
         return self._flush()
 
@@ -416,7 +453,8 @@ class Controller:
         before = sum(ms for _, ms, _ in gen.pieces[: gen.segment_first_piece])
         heard = heard_prefix([(t if ctx else "", ms) for t, ms, ctx in segment], max(0.0, played_ms - before))
         if heard:
-            self.context.add_assistant(heard)
+            self.context.add_assistant(heard, item_id=gen.item_id)
+            self._last_item_id = gen.item_id
         self._send(
             "conversation.item.truncate", item_id=gen.item_id, content_index=0, audio_end_ms=round(played_ms),
             transcript=heard,
@@ -429,10 +467,57 @@ class Controller:
         self.context.budget_tokens = settings.context_tokens
         return []
 
-    def cancel_response(self, now: float) -> list[Effect]:
+    def cancel_response(self, now: float, strict: bool = False, event_id: str | None = None) -> list[Effect]:
+        """Stop the current response; with `strict`, having none to stop is an error (OpenAI Realtime's rule)."""
         if self.response is not None:
             self._interrupt(self.response, now, "cancelled", reason="client_cancelled")
             self._set(State.LISTENING)
+        elif self._response_requested:
+            self._response_requested = False
+        elif strict:
+            self._send_error("invalid_request_error", "there is no response in progress to cancel",
+                             code="response_cancel_not_active", event_id=event_id)
+        return self._flush()
+
+    def commit_input(self, now: float, start_sample: int, end_sample: int) -> list[Effect]:
+        """The client committed the audio it sent in [start_sample, end_sample) as one user turn (manual turns)."""
+        item_id = self._id("item")
+        input_id = self._id("input")
+        self._manual_inputs[input_id] = (item_id, (end_sample - start_sample) / 16.0)
+        self._send("input_audio_buffer.committed", item_id=item_id, previous_item_id=self._last_item_id)
+        self._last_item_id = item_id
+        self._emit(Transcribe(input_id, end_sample, start_sample=start_sample))
+        return self._flush()
+
+    def add_text(self, now: float, text: str, role: Role = "user", item_id: str = "") -> str:
+        """A typed message (conversation.item.create); returns its item id. Answered by request_response."""
+        item_id = item_id or self._id("item")
+        if role == "user":
+            self.context.add_user(UserInput(text, text, self.normalize(text)), item_id=item_id)
+        elif role == "assistant":
+            self.context.add_assistant(text, item_id=item_id)
+        else:
+            self.context.add_note(role, text, item_id=item_id)
+        self._last_item_id = item_id
+        return item_id
+
+    def add_tool_output(self, now: float, call_id: str, output: str) -> bool:
+        """The result of a client-run tool call; False if no such call was made."""
+        call = self._client_calls.pop(call_id, None)
+        if call is None:
+            return False
+        self.context.add_tool_result(call, output)
+        return True
+
+    def request_response(self, now: float, event_id: str | None = None) -> list[Effect]:
+        """The client asks for a response to the conversation as it stands (response.create)."""
+        if self.response is not None or self.state == State.RESPONDING or self._response_requested:
+            self._send_error("invalid_request_error", "a response is already in progress; cancel it first",
+                             code="conversation_already_has_active_response", event_id=event_id)
+        elif self._manual_inputs:
+            self._response_requested = True  # answered once the committed audio is in the history
+        else:
+            self._respond(now)
         return self._flush()
 
     def close(self, now: float) -> list[Effect]:
@@ -461,6 +546,27 @@ class Controller:
 
     # --- transitions -----------------------------------------------------------------------------------------
 
+    def _manual_input(self, now: float, input_id: str, user_input: UserInput) -> None:
+        item_id, audio_ms = self._manual_inputs.pop(input_id)
+        if user_input.text.strip():
+            self.context.add_user(user_input, item_id=item_id)
+        self._send("conversation.item.input_audio_transcription.completed", item_id=item_id,
+                   transcript=user_input.text, audio_ms=round(audio_ms))
+        if self._response_requested and not self._manual_inputs:
+            self._response_requested = False
+            self._respond(now)
+
+    def _respond(self, now: float) -> None:
+        """A response the client asked for: no turn, no draft; it answers whatever the history holds."""
+        gen = self._new_gen(now, 0, speculative=False)
+        gen.committed_ms = now
+        self.response = gen
+        self._set(State.RESPONDING)
+        self._send("response.created", response={"id": gen.response_id, "status": "in_progress",
+                                                  "speculative": False}, item_id=gen.item_id)
+        last_user = next((m.content for m in reversed(self.context.history) if m.role == "user"), "")
+        self._generate(gen, False, last_user)
+
     def _open_turn(self, now: float, start_sample: int) -> None:
         self.turn = Turn(item_id=self._id("item"), start_sample=start_sample, speech_started_ms=now)
         self._emit(OpenTurn(start_sample))
@@ -472,6 +578,7 @@ class Controller:
         return (
             self.state == State.PAUSED
             and self.settings.speculation
+            and self.settings.create_response
             and turn is not None
             and turn.drafts < self.settings.max_drafts_per_turn
         )
@@ -524,7 +631,9 @@ class Controller:
         assert turn is not None
         turn.ended_ms = now
         draft = self.draft
-        if draft is not None and draft.end_sample == turn.end_sample:
+        if not self.settings.create_response:
+            turn.respond = False
+        elif draft is not None and draft.end_sample == turn.end_sample:
             if draft.input is not None and not draft.input.key:
                 self._discard(draft, now, "empty_input")
                 self._finish_empty_turn(now)
@@ -542,6 +651,11 @@ class Controller:
         assert turn is not None
         turn.final_input_id = None
         draft = self.draft
+        if not turn.respond:
+            if user_input.key:
+                self._user_turn_to_context(user_input)
+            self._finish_empty_turn(now)
+            return
         if draft is not None and draft.input is not None and draft.input.key == user_input.key:
             self._commit(draft, now)
             return
@@ -554,7 +668,7 @@ class Controller:
         gen.input = user_input
         gen.input_ready_ms = now
         self._start_response(gen, now)
-        self._emit(Generate(gen.id, self.context.messages_for(None), False, user_input.text))
+        self._generate(gen, False, user_input.text)
 
     def _commit(self, gen: Gen, now: float) -> None:
         self.draft = None
@@ -570,7 +684,7 @@ class Controller:
             self._send("response.audio_transcript.delta", response_id=gen.response_id, item_id=gen.item_id,
                        delta=gen.full_text)
         if gen.waiting_tool is not None:
-            self._run_tool(gen, gen.waiting_tool, now)
+            self._start_tool(gen, gen.waiting_tool, now)
 
     def _start_response(self, gen: Gen, now: float) -> None:
         """The turn is over and `gen` answers it: the user's words enter the context, the response starts."""
@@ -583,14 +697,16 @@ class Controller:
         if gen.input is not None:
             self._user_turn_to_context(gen.input)
         self._send("response.created", response={"id": gen.response_id, "status": "in_progress",
-                                                  "speculative": gen.speculative})
+                                                  "speculative": gen.speculative}, item_id=gen.item_id)
 
     def _user_turn_to_context(self, user_input: UserInput) -> None:
         turn = self.turn
         assert turn is not None
-        self.context.add_user(user_input)
+        self.context.add_user(user_input, item_id=turn.item_id)
+        self._send("input_audio_buffer.committed", item_id=turn.item_id, previous_item_id=self._last_item_id)
+        self._last_item_id = turn.item_id
         self._send("conversation.item.input_audio_transcription.completed", item_id=turn.item_id,
-                   transcript=user_input.text)
+                   transcript=user_input.text, audio_ms=round(max(0, turn.end_sample - turn.start_sample) / 16.0))
 
     def _finish_empty_turn(self, now: float) -> None:
         """Nothing intelligible was said: no response, back to listening."""
@@ -602,8 +718,11 @@ class Controller:
         gen = self.response
         if gen is None or not gen.lm_done or not gen.audio_done or gen.tool is not None:
             return
-        if gen.segment_text.strip():
-            self.context.add_assistant(gen.segment_text.strip())
+        if gen.client_call is not None:
+            self.context.add_assistant(gen.segment_text.strip(), tool_calls=(gen.client_call,), item_id=gen.item_id)
+        elif gen.segment_text.strip():
+            self.context.add_assistant(gen.segment_text.strip(), item_id=gen.item_id)
+        self._last_item_id = gen.item_id
         self._finish_response(gen, now, "completed")
         self._set(State.LISTENING)
         self._emit(Prefill(self.context.messages_for(None)))
@@ -642,6 +761,9 @@ class Controller:
             gen.tool = None
             gen.segment_text = ""
             gen.segment_first_piece = len(gen.pieces)
+        if gen.client_call is not None:
+            # The client may still answer the call it was sent: the history must hold the call for that answer.
+            self.context.add_assistant("", tool_calls=(gen.client_call,), item_id=gen.item_id)
         self._cancel_work(gen, now)
         self._finish_response(gen, now, status, reason)
 
@@ -655,8 +777,14 @@ class Controller:
         if metrics["speech_end_to_first_audio_ms"] is not None:
             self.stats.voice_to_voice_ms.append(metrics["speech_end_to_first_audio_ms"])
         response: dict[str, Any] = {
-            "id": gen.response_id, "status": status, "output_text": gen.full_text.strip(), "metrics": metrics,
+            "id": gen.response_id, "item_id": gen.item_id, "status": status, "output_text": gen.full_text.strip(),
+            "metrics": metrics,
+            "usage": {"input_tokens": gen.prompt_tokens, "output_tokens": gen.tokens,
+                      "total_tokens": gen.prompt_tokens + gen.tokens},
         }
+        if gen.client_call is not None:
+            call = gen.client_call
+            response["function_call"] = {"call_id": call.id, "name": call.name, "arguments": call.arguments}
         if reason:
             response["status_details"] = {"reason": reason}
         self._send("response.done", response=response)
@@ -702,6 +830,19 @@ class Controller:
 
     # --- tools -----------------------------------------------------------------------------------------------
 
+    def _start_tool(self, gen: Gen, call: ToolCall, now: float) -> None:
+        if call.name not in self.client_tools:
+            self._run_tool(gen, call, now)
+            return
+        # The client runs it: the response ends here (after what was already said has played), and the client
+        # answers with the call's output and asks for the next response.
+        gen.waiting_tool = None
+        gen.client_call = call
+        self._client_calls[call.id] = call
+        self._send("response.function_call.requested", response_id=gen.response_id, call_id=call.id,
+                   name=call.name, arguments=call.arguments)
+        self._emit(EndGeneration(gen.id))
+
     def _run_tool(self, gen: Gen, call: ToolCall, now: float) -> None:
         gen.waiting_tool = None
         gen.tool = PendingTool(call, started_ms=now, deadline_ms=now + self.settings.tool_timeout_ms)
@@ -734,18 +875,22 @@ class Controller:
             "response.function_call.completed", response_id=gen.response_id, call_id=tool.call.id,
             name=tool.call.name, output=result, timed_out=timed_out, duration_ms=round(now - tool.started_ms, 1),
         )
-        self._emit(Generate(gen.id, self.context.messages_for(None), False, gen.input.text if gen.input else ""))
+        self._generate(gen, False, gen.input.text if gen.input else "")
 
     # --- plumbing --------------------------------------------------------------------------------------------
 
     def _new_gen(self, now: float, end_sample: int, speculative: bool) -> Gen:
-        assert self.turn is not None
         gen = Gen(
             id=self._id("draft" if speculative else "gen"), input_id=self._id("input"), end_sample=end_sample,
             started_ms=now, speculative=speculative, response_id=self._id("resp"), item_id=self._id("item"),
         )
         self._gens[gen.id] = gen
         return gen
+
+    def _generate(self, gen: Gen, speculative: bool, user_text: str, current: UserInput | None = None) -> None:
+        messages = self.context.messages_for(current)
+        gen.prompt_tokens = self.context.prompt_tokens(messages)
+        self._emit(Generate(gen.id, messages, speculative, user_text))
 
     def _cancel_work(self, gen: Gen, now: float) -> None:
         if gen.cancel_requested_ms is None:
@@ -764,8 +909,8 @@ class Controller:
     def _send(self, type_: str, **fields: Any) -> None:
         self._out.append(Send(events.event(type_, **fields)))
 
-    def _send_error(self, kind: str, message: str) -> None:
-        self._out.append(Send(events.error(kind, message)))
+    def _send_error(self, kind: str, message: str, **fields: Any) -> None:
+        self._out.append(Send(events.error(kind, message, **fields)))
 
     def _flush(self) -> list[Effect]:
         out, self._out = self._out, []

@@ -16,6 +16,7 @@ SERVER_EVENTS = (
     "input_audio_buffer.speech_started",
     "input_audio_buffer.speech_stopped",
     "input_audio_buffer.dtmf",  # a phone key press (SIP RFC 4733 or Twilio `dtmf`): digit, duration_ms, transport
+    "input_audio_buffer.committed",  # a user turn entered the conversation (its transcript follows)
     "conversation.item.input_audio_transcription.delta",
     "conversation.item.input_audio_transcription.completed",
     "speculation.started",
@@ -25,6 +26,7 @@ SERVER_EVENTS = (
     "response.audio_transcript.delta",
     "response.function_call.started",
     "response.function_call.completed",
+    "response.function_call.requested",  # the LM called a tool the client runs (OpenAI Realtime `tools`)
     "response.done",
     "conversation.item.truncate",
     "session.summary",

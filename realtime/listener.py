@@ -139,7 +139,7 @@ class Listener:
         # it. Kept short: a window's push is at most a few pushes old.
         self._arrival_ends: list[int] = []
         self._arrival_ms: list[float] = []
-        self._queue: asyncio.Queue[tuple[np.ndarray, float] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[bool | None] = asyncio.Queue()  # True: audio arrived; None: close
         self._turn_start: int | None = None
         # Final passes by end sample: started early (at the speech stop) and reused by the draft/end of turn.
         self._passes: dict[int, asyncio.Future[UserInput]] = {}
@@ -151,7 +151,14 @@ class Listener:
 
     def push(self, samples: np.ndarray, at_ms: float) -> None:
         """16 kHz float32 mono from the transport, stamped with its arrival time."""
-        self._queue.put_nowait((samples, at_ms))
+        # Kept at once (a client's commit right after its append must find the audio); the VAD runs behind.
+        self._append(samples, at_ms)
+        self._queue.put_nowait(True)
+
+    @property
+    def samples_end(self) -> int:
+        """Samples received so far: the sample index the next audio starts at."""
+        return self._audio.end
 
     def set_threshold(self, threshold: float) -> None:
         self.segmenter.threshold = threshold
@@ -190,6 +197,12 @@ class Listener:
             log.debug("final pass over %d samples up to %d", audio.size, end_sample)
         return fut
 
+    def span_pass(self, start_sample: int, end_sample: int) -> asyncio.Future[UserInput]:
+        """One tokenizer pass over exactly [start_sample, end_sample): audio a client committed itself."""
+        audio = self._audio.slice(max(self._audio.start, start_sample), end_sample)
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._asr_executor, self._tokenizer.finalize, audio)
+
     async def close(self) -> None:
         self._queue.put_nowait(None)
         await asyncio.gather(self._task, return_exceptions=True)
@@ -199,17 +212,14 @@ class Listener:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            item = await self._queue.get()
-            if item is None:
+            if await self._queue.get() is None:
                 return
-            self._append(*item)
-            # Drain what queued up behind a slow step so the VAD thread gets one batch, not many hops.
+            # Everything that arrived behind a slow step goes to the VAD thread as one batch, not many hops.
+            closing = False
             while not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is None:
-                    self._queue.put_nowait(None)
-                    break
-                self._append(*nxt)
+                closing = closing or self._queue.get_nowait() is None
+            if closing:
+                self._queue.put_nowait(None)
             windows = self._take_windows()
             if windows:
                 try:

@@ -16,7 +16,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-LIMITED_POSTS = frozenset({"/offer", "/v1/realtime/client_secrets"})
+LIMITED_POSTS = frozenset({"/offer", "/v1/realtime/client_secrets", "/v1/realtime/calls"})
 # Past this many tracked addresses, the full buckets (addresses quiet for a while) are forgotten.
 MAX_TRACKED = 10_000
 

@@ -62,6 +62,7 @@ class Response:
         post: Callable[[str, ResponseEvent], None],
         play: Callable[[str, np.ndarray], None],
         end_audio: Callable[[str], None],
+        speak: bool = True,
     ) -> None:
         self.gen_id = gen_id
         self._lm = lm
@@ -72,11 +73,12 @@ class Response:
         self._post = post
         self._play = play
         self._end_audio = end_audio
+        self._speak_aloud = speak  # False: words only (a text-only session), no decoder work
         self._resampler = Resampler(tts.sample_rate, out_rate)
         self._held: list[np.ndarray] = []
         self._released = False
         self._audio_complete = False
-        self._continuation: asyncio.Future[Sequence[Message]] | None = None
+        self._continuation: asyncio.Future[Sequence[Message] | None] | None = None
         self._speaking = asyncio.Lock()  # fillers and LM pieces take turns on the decoder
         self.task: asyncio.Task[None] | None = None
         self._fillers: set[asyncio.Task[None]] = set()
@@ -93,8 +95,8 @@ class Response:
         if self._audio_complete:
             self._end_audio(self.gen_id)
 
-    def resume(self, messages: Sequence[Message]) -> None:
-        """Continue after a tool call with a prompt that holds the call and its result."""
+    def resume(self, messages: Sequence[Message] | None) -> None:
+        """Continue after a tool call with a prompt that holds the call and its result (None: stop here)."""
         if self._continuation is not None and not self._continuation.done():
             self._continuation.set_result(messages)
 
@@ -151,6 +153,8 @@ class Response:
         return None
 
     async def _say(self, text: str, in_context: bool = True) -> None:
+        if not self._speak_aloud:
+            return
         async with self._speaking:
             first = True
             async for pcm in iterate_in_thread(self._tts.stream(text, self._voice), self._tts_executor):

@@ -6,6 +6,8 @@ chunk, a frame played, a tool result, a client event — is posted to its inbox 
 in one place (the controller) and changes in one task.
 
 Transports see only `push_audio`, `handle_client_event`, `playout` and `close`; they know nothing of models.
+Protocol adapters (realtime/openai_realtime/) drive the same session through its public methods (`update`,
+`cancel_response`, `commit_input`, `add_text`, `create_response`, ...) instead of Parley's own JSON events.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import time
 import wave
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from models.interfaces import GenerationOptions, UserInput, VoiceSettings
+from models.interfaces import GenerationOptions, Role, ToolSpec, UserInput, VoiceSettings
 from realtime import controller as ctl
 from realtime import events, metrics
 from realtime.config import ConfigError, SessionConfig, with_session_overrides
@@ -85,6 +87,10 @@ class Session:
         self._prefill: asyncio.Task[None] | None = None
         self._last_hypothesis = ""
         self._observers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        # Tools the client runs itself (OpenAI Realtime `tools`), offered to the LM next to the server's own.
+        self.client_tools: list[ToolSpec] = []
+        self.tool_choice: Literal["auto", "none"] = "auto"
+        self._input_start = 0  # first sample of the audio not yet committed or cleared (manual turns)
         self.voice = voice_settings(settings)
         self.closed = False
         self.summary: dict[str, Any] | None = None
@@ -148,7 +154,7 @@ class Session:
         if kind == "session.update":
             self._update(message.get("session"), event_id)
         elif kind == "response.cancel":
-            self._post(lambda now: self.controller.cancel_response(now))
+            self.cancel_response()
         elif kind == "conversation.item.truncate":
             self._client_truncate(message, event_id)
         elif kind == "ping":
@@ -158,6 +164,52 @@ class Session:
                 events.error("invalid_event", f"unknown event type {kind!r}; known: {', '.join(events.CLIENT_EVENTS)}",
                              event_id=event_id)
             )
+
+    # --- what protocol adapters call ---------------------------------------------------------------------------
+
+    def apply_settings(self, overrides: dict[str, Any]) -> SessionConfig:
+        """Validate and apply [session] overrides; raises ConfigError (nothing changes then)."""
+        settings = with_session_overrides(self.settings, overrides)
+        voice = voice_settings(settings)
+        self.settings = settings
+        self.voice = voice
+        self._post(lambda now: self.controller.update_settings(now, settings))
+        return settings
+
+    def cancel_response(self, strict: bool = False, event_id: str | None = None) -> None:
+        """Stop the current response; `strict`: having none is an error (naming the client's `event_id`)."""
+        self._post(lambda now: self.controller.cancel_response(now, strict, event_id))
+
+    def set_client_tools(self, tools: list[ToolSpec]) -> None:
+        self.client_tools = tools
+        self.controller.client_tools = frozenset(t.name for t in tools)
+
+    @property
+    def uncommitted_ms(self) -> float:
+        """Audio sent since the last commit or clear (manual turns)."""
+        return (self.listener.samples_end - self._input_start) * 1000.0 / 16000
+
+    def commit_input(self) -> None:
+        """The audio sent since the last commit or clear becomes a user turn (manual turns)."""
+        start, end = self._input_start, self.listener.samples_end
+        self._input_start = end
+        self._post(lambda now: self.controller.commit_input(now, start, end))
+
+    def clear_input(self) -> None:
+        self._input_start = self.listener.samples_end
+
+    def add_text(self, text: str, role: Role = "user", item_id: str = "") -> str:
+        """A typed message (user, assistant or system); returns its item id."""
+        return self.controller.add_text(self.now_ms(), text, role, item_id)
+
+    def add_tool_output(self, call_id: str, output: str) -> bool:
+        return self.controller.add_tool_output(self.now_ms(), call_id, output)
+
+    def delete_item(self, item_id: str) -> bool:
+        return self.controller.context.delete(item_id)
+
+    def create_response(self, event_id: str | None = None) -> None:
+        self._post(lambda now: self.controller.request_response(now, event_id))
 
     async def close(self, reason: str = "closed") -> None:
         if self.closed:
@@ -227,6 +279,9 @@ class Session:
                     self.listener.close_turn()
                 case ctl.Transcribe():
                     self._transcribe(effect)
+                case ctl.EndGeneration(gen_id=gen_id):
+                    if gen_id in self._responses:
+                        self._responses[gen_id].resume(None)
                 case ctl.Generate():
                     self._generate(effect)
                 case ctl.ReleaseAudio(gen_id=gen_id):
@@ -257,7 +312,10 @@ class Session:
     # --- effects -----------------------------------------------------------------------------------------------
 
     def _transcribe(self, effect: ctl.Transcribe) -> None:
-        fut = self.listener.final_pass(effect.end_sample)
+        if effect.start_sample is not None:
+            fut = self.listener.span_pass(effect.start_sample, effect.end_sample)
+        else:
+            fut = self.listener.final_pass(effect.end_sample)
         if effect.gen_id is not None:
             self._transcriptions[effect.gen_id] = fut
 
@@ -296,11 +354,13 @@ class Session:
         s = self.settings
         # Only the tools this turn could need are offered; most turns get none, which is also the prompt the
         # idle-time prefill cached (`_warm_lm`), so their prefix stays valid.
-        tools = self.engine.tools.relevant_specs(effect.user_text) if s.tools else []
+        tools = [*(self.engine.tools.relevant_specs(effect.user_text) if s.tools else []), *self.client_tools]
+        options = GenerationOptions(max_tokens=s.max_response_tokens, temperature=s.temperature, tools=tools,
+                                    tool_choice=self.tool_choice)
         response = Response(
             effect.gen_id, self.engine.stack.lm, self.engine.stack.tts, self.engine.tts_executor, self.voice,
-            GenerationOptions(max_tokens=s.max_response_tokens, temperature=s.temperature, tools=tools),
-            self.link.sample_rate, self._on_response, self.playout.enqueue, self.playout.end,
+            options, self.link.sample_rate, self._on_response, self.playout.enqueue, self.playout.end,
+            speak=not s.text_only,
         )
         if not effect.speculative:
             self._released.add(effect.gen_id)
@@ -386,14 +446,10 @@ class Session:
                                               event_id=event_id))
             return
         try:
-            settings = with_session_overrides(self.settings, overrides)
-            voice = voice_settings(settings)
+            self.apply_settings(overrides)
         except ConfigError as exc:
             self._emit_event(events.error("invalid_request_error", str(exc), event_id=event_id))
             return
-        self.settings = settings
-        self.voice = voice
-        self._post(lambda now: self.controller.update_settings(now, settings))
         self._emit_event(events.event("session.updated", session={"id": self.id, **self._public_settings()}))
         self._warn_unsupported_voice()
 
@@ -404,7 +460,7 @@ class Session:
                                               event_id=event_id))
             return
         # The client stopped playing (its own barge-in detection): stop the response like a barge-in would.
-        self._post(lambda now: self.controller.cancel_response(now))
+        self.cancel_response()
 
     def _warn_unsupported_voice(self) -> None:
         unsupported = self.engine.stack.tts.unsupported(self.voice)

@@ -61,6 +61,8 @@ def test_every_protected_entry_point_refuses_without_or_with_a_wrong_key(secured
             ("GET", "/telephony/twilio", {}),
             ("POST", "/telephony/twilio/twiml", {}),
             ("POST", "/v1/realtime/client_secrets", {}),
+            ("GET", "/v1/realtime", {}),
+            ("POST", "/v1/realtime/calls", {"data": "v=0\r\n"}),
         ]
         async with aiohttp.ClientSession() as http:
             for method, path, kw in entry_points:
@@ -135,3 +137,36 @@ def test_refuses_a_non_loopback_address_without_a_key(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "without an API key" in proc.stderr and "PARLEY_API_KEY" in proc.stderr
     assert "--allow-unauthenticated" in proc.stderr
+
+
+def test_openai_realtime_clients_need_the_key_or_a_client_secret(secured: str) -> None:
+    from openai import AsyncOpenAI
+
+    async def session_created(api_key: str) -> str:
+        client = AsyncOpenAI(base_url=f"{secured}/v1", api_key=api_key, max_retries=0)
+        async with client.realtime.connect(model="parley") as conn:
+            event = await asyncio.wait_for(conn.recv(), 10)
+            return event.type
+
+    async def main() -> None:
+        assert await session_created(KEY) == "session.created"  # the SDK sends its api_key as the Bearer token
+        with pytest.raises(Exception, match="401"):
+            await session_created("sk-test-wrong")
+        async with aiohttp.ClientSession() as http:
+            _, minted = await status_of(http, "POST", secured + "/v1/realtime/client_secrets", headers=BEARER)
+        assert isinstance(minted, dict) and minted["session"]["type"] == "realtime"
+        secret = minted["value"]
+        call = ParleyCall(secured, token=secret, openai=True)
+        try:
+            await call.connect()  # POST /v1/realtime/calls, 201, session.created on oai-events
+            assert call.session_id and call.session_id.startswith("sess_")
+        finally:
+            await call.close()
+        again = ParleyCall(secured, token=secret, openai=True)
+        try:
+            with pytest.raises(RuntimeError, match=r"call rejected \(401\)"):
+                await again.connect()
+        finally:
+            await again.close()
+
+    asyncio.run(main())

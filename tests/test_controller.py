@@ -367,3 +367,80 @@ def test_every_state_is_reachable_and_documented(state_path: str) -> None:
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "ARCHITECTURE.md").read_text()
     assert ctl.State(state_path).name in doc, f"docs/ARCHITECTURE.md must describe {state_path}"
+
+
+# --- client-driven turns (OpenAI Realtime: turn_detection null, conversation.item.create, response.create) ------
+
+
+def test_manual_turns_ignore_the_vad_and_answer_what_the_client_committed() -> None:
+    s = Script(replace(SETTINGS, manual_turns=True))
+    s.speak(0, 1000, 0, 16000)
+    s.run_until(3000)
+    assert s.c.state == ctl.State.LISTENING and not s.of(ctl.Transcribe), "no turn without a commit"
+    s.at(3000, "commit_input", 0, 40000)
+    transcribe = s.last(ctl.Transcribe)
+    assert (transcribe.start_sample, transcribe.end_sample) == (0, 40000)
+    committed = s.events("input_audio_buffer.committed")[0]
+    # The client asks for the response before the transcript exists: it is answered once the words are in.
+    s.at(3010, "request_response")
+    assert not s.of(ctl.Generate)
+    s.at(3200, "input_ready", transcribe.input_id, user("What is the capital of France?"))
+    done = s.events("conversation.item.input_audio_transcription.completed")[0]
+    assert done["item_id"] == committed["item_id"] and done["audio_ms"] == 2500
+    gen = s.last(ctl.Generate)
+    assert not gen.speculative and gen.messages[-1].content == "What is the capital of France?"
+    assert s.context.history[-1].item_id == committed["item_id"]
+    s.at(3300, "request_response")
+    assert s.events("error")[-1]["error"]["code"] == "conversation_already_has_active_response"
+    s.generate(3400, gen.gen_id, ["Paris."])
+    s.at(3500, "audio_finished", gen.gen_id)
+    assert s.events("response.done")[0]["response"]["status"] == "completed"
+    assert s.events("response.done")[0]["response"]["usage"]["output_tokens"] == 1
+
+
+def test_typed_text_then_response_create_and_strict_cancel() -> None:
+    s = Script()
+    s.at(0, "cancel_response", True)
+    assert s.events("error")[0]["error"]["code"] == "response_cancel_not_active"
+    item = s.c.add_text(10, "Tell me a story.")
+    s.at(20, "request_response")
+    gen = s.last(ctl.Generate)
+    assert gen.messages[-1].content == "Tell me a story." and s.context.history[0].item_id == item
+    created = s.events("response.created")[0]
+    assert created["item_id"].startswith("item_")
+    s.at(30, "cancel_response", True)
+    assert s.events("response.done")[0]["response"]["status"] == "cancelled"
+    assert s.c.state == ctl.State.LISTENING
+
+
+def test_a_client_tool_call_ends_the_response_and_its_output_continues_the_conversation() -> None:
+    s = Script()
+    s.c.client_tools = frozenset({"lookup_order"})
+    s.c.add_text(0, "Where is order 42?")
+    s.at(10, "request_response")
+    gen = s.last(ctl.Generate)
+    call = ToolCall("call_7", "lookup_order", {"order": 42})
+    s.at(20, "tool_requested", gen.gen_id, call)
+    assert not s.of(ctl.RunTool), "the client runs its own tools"
+    assert s.last(ctl.EndGeneration).gen_id == gen.gen_id
+    assert s.events("response.function_call.requested")[0]["arguments"] == {"order": 42}
+    s.at(30, "generation_finished", gen.gen_id, None)
+    s.at(40, "audio_finished", gen.gen_id)
+    done = s.events("response.done")[0]["response"]
+    assert done["status"] == "completed" and done["function_call"]["call_id"] == "call_7"
+    assert s.context.history[-1].tool_calls == (call,)
+    assert not s.c.add_tool_output(50, "call_unknown", "{}")
+    assert s.c.add_tool_output(50, "call_7", '{"status": "shipped"}')
+    s.at(60, "request_response")
+    assert s.last(ctl.Generate).messages[-1].role == "tool"
+
+
+def test_create_response_off_keeps_the_turn_without_answering() -> None:
+    s = Script(replace(SETTINGS, create_response=False))
+    s.speak(0, 1000, 0, 16000)
+    s.run_until(1800)
+    assert not s.of(ctl.Generate) and s.c.draft is None, "no drafts when nothing will be answered"
+    s.at(1900, "input_ready", s.last(ctl.Transcribe).input_id, user("Remember the number seven."))
+    assert s.context.history[-1].content == "Remember the number seven."
+    assert s.events("input_audio_buffer.committed") and s.c.state == ctl.State.LISTENING
+    assert not s.of(ctl.Generate)

@@ -3,6 +3,9 @@
     client mic track ──RTP/Opus──▶ reader: PyAV → 16 kHz mono ──▶ session.push_audio
     session.playout ──▶ PlayoutTrack.recv() every 20 ms ──RTP/Opus──▶ client speaker
     data channel "events" ◀──▶ session.handle_client_event / link.send_event
+
+With an `EventCodec` the data channel speaks another protocol (OpenAI Realtime's `oai-events`): the codec turns
+client messages into session calls and session events into that protocol's events.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import time
 from collections import deque
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
@@ -33,6 +36,12 @@ log = logging.getLogger(__name__)
 
 OUT_RATE = 48000
 MAX_QUEUED_EVENTS = 200  # events sent before the data channel opens
+
+
+class EventCodec(Protocol):
+    def incoming(self, raw: str | bytes) -> None: ...
+
+    def outgoing(self, event: dict[str, Any]) -> None: ...
 
 
 class OfferError(ValueError):
@@ -70,8 +79,10 @@ class WebRTCCall:
     kind = "webrtc"
     sample_rate = OUT_RATE
 
-    def __init__(self, engine: Engine, registry: set[WebRTCCall]) -> None:
+    def __init__(self, engine: Engine, registry: set[WebRTCCall], channel_label: str = "events") -> None:
         self.engine = engine
+        self.channel_label = channel_label
+        self.codec: EventCodec | None = None
         self.config = engine.config
         self._registry = registry
         self.pc = RTCPeerConnection(ice.rtc_configuration(self.config.ice))
@@ -90,6 +101,13 @@ class WebRTCCall:
         return 0.0  # paced in real time; a client that knows better sends conversation.item.truncate
 
     def send_event(self, event: dict[str, Any]) -> None:
+        if self.codec is not None:
+            self.codec.outgoing(event)  # it sends what it makes with send_wire
+        else:
+            self.send_wire(event)
+
+    def send_wire(self, event: dict[str, Any]) -> None:
+        """An event exactly as the data channel carries it (queued until the channel opens)."""
         text = json.dumps(event)
         channel = self.channel
         if channel is not None and channel.readyState == "open":
@@ -110,17 +128,20 @@ class WebRTCCall:
     async def _accept(self, offer_sdp: str, settings: SessionConfig) -> str:
         pc = self.pc
         self.session = self.engine.open_session(self, settings)
+        self.on_session(self.session)
         self.track.playout = self.session.playout
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
-            if channel.label != "events":
+            if channel.label != self.channel_label:
                 return
             self.channel = channel
 
             @channel.on("message")
             def on_message(message: str | bytes) -> None:
-                if self.session is not None:
+                if self.codec is not None:
+                    self.codec.incoming(message)
+                elif self.session is not None:
                     self.session.handle_client_event(message)
 
             @channel.on("close")
@@ -165,6 +186,9 @@ class WebRTCCall:
         await pc.setLocalDescription(answer)  # aiortc gathers all candidates here (no trickle)
         self._spawn(self._watchdog())
         return pc.localDescription.sdp
+
+    def on_session(self, session: Session) -> None:
+        """Hook: the session exists (the peer connection is not negotiated yet)."""
 
     # --- media -----------------------------------------------------------------------------------------------
 
