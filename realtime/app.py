@@ -29,14 +29,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.warmup import WarmUpError
-from realtime import auth, drain, metrics, ratelimit
+from realtime import auth, drain, httpanswers, metrics, ratelimit
 from realtime.config import Config, ConfigError
-from realtime.engine import CapacityError, Engine
+from realtime.engine import Engine
+from realtime.httpanswers import RETRY_AFTER_S, json_error, refused
 from realtime.openai_realtime import calls as realtime_calls
 from realtime.openai_realtime import websocket as realtime_websocket
 from realtime.openai_realtime.session_config import WireSettings, render
 from realtime.transports import aiortc_tuning, ice, sip, twilio
-from realtime.transports.webrtc import OfferError, WebRTCCall
+from realtime.transports.webrtc import WebRTCCall
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,6 @@ PROBE: web.AppKey[metrics.LoopLagProbe] = web.AppKey("probe", metrics.LoopLagPro
 LOADER: web.AppKey[asyncio.Task[None]] = web.AppKey("loader", asyncio.Task)
 # Set when the stack failed to load or warm up: server.py exits non-zero with it after the app stops.
 FAILURE: web.AppKey[list[str]] = web.AppKey("failure", list)
-RETRY_AFTER_S = 2
-
-
-def json_error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"type": kind, "message": message}}, status=status, headers=headers)
 
 
 async def offer(request: web.Request) -> web.StreamResponse:
@@ -74,18 +70,13 @@ async def offer(request: web.Request) -> web.StreamResponse:
         settings = engine.session_settings(overrides)
     except ConfigError as exc:
         return json_error(400, "invalid_session", str(exc))
-    reason = engine.refusal()
-    if reason is not None:
-        metrics.REJECTED.labels(reason).inc()
-        return json_error(503, reason, engine.refusal_message(reason), headers={"Retry-After": str(RETRY_AFTER_S)})
+    refusal = refused(engine)
+    if refusal is not None:
+        return refusal
     call = WebRTCCall(engine, request.app[CALLS])
-    try:
-        answer = await call.accept(sdp, settings)
-    except OfferError as exc:
-        return json_error(400, "invalid_sdp", str(exc))
-    except CapacityError as exc:
-        metrics.REJECTED.labels("capacity").inc()
-        return json_error(503, "capacity", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+    answer = await httpanswers.answer(call, sdp, settings)
+    if isinstance(answer, web.Response):
+        return answer
     assert call.session is not None
     return web.json_response({"sdp": answer, "type": "answer", "session_id": call.session.id,
                               "events_token": call.session.events_token})
@@ -207,8 +198,8 @@ def create_app(config: Config, engine: Engine | None = None) -> web.Application:
     app.router.add_get("/sessions/{session_id}/events", session_events)
     app.router.add_get("/metrics", prometheus)
     auth.add_routes(app, credentials, lambda: render("", WireSettings(), config.session))
-    realtime_websocket.add_routes(app, app[ENGINE], json_error)
-    realtime_calls.add_routes(app, app[ENGINE], calls, json_error)
+    realtime_websocket.add_routes(app, app[ENGINE])
+    realtime_calls.add_routes(app, app[ENGINE], calls)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     if config.telephony.twilio:

@@ -501,6 +501,9 @@ class Controller:
         self._last_item_id = item_id
         return item_id
 
+    def awaits_tool_output(self, call_id: str) -> bool:
+        return call_id in self._client_calls
+
     def add_tool_output(self, now: float, call_id: str, output: str) -> bool:
         """The result of a client-run tool call; False if no such call was made."""
         call = self._client_calls.pop(call_id, None)
@@ -558,6 +561,12 @@ class Controller:
 
     def _respond(self, now: float) -> None:
         """A response the client asked for: no turn, no draft; it answers whatever the history holds."""
+        if self.draft is not None:
+            self._discard(self.draft, now, "response_requested")
+        if self.turn is not None:
+            # Speech not yet committed as a turn is dropped: the client chose to be answered now.
+            self._emit(CloseTurn())
+            self.turn = None
         gen = self._new_gen(now, 0, speculative=False)
         gen.committed_ms = now
         self.response = gen

@@ -171,6 +171,8 @@ class Session:
         """Validate and apply [session] overrides; raises ConfigError (nothing changes then)."""
         settings = with_session_overrides(self.settings, overrides)
         voice = voice_settings(settings)
+        if settings.manual_turns and not self.settings.manual_turns:
+            self.clear_input()  # a manual commit covers what was sent after turning manual turns on
         self.settings = settings
         self.voice = voice
         self._post(lambda now: self.controller.update_settings(now, settings))
@@ -198,15 +200,25 @@ class Session:
     def clear_input(self) -> None:
         self._input_start = self.listener.samples_end
 
-    def add_text(self, text: str, role: Role = "user", item_id: str = "") -> str:
-        """A typed message (user, assistant or system); returns its item id."""
-        return self.controller.add_text(self.now_ms(), text, role, item_id)
+    # Like every change of conversation state, these go through the inbox: in order with what is already posted.
+
+    def add_text(self, text: str, role: Role, item_id: str) -> None:
+        """A typed message (user, assistant or system)."""
+        self._post(lambda now: self._no_effects(self.controller.add_text(now, text, role, item_id)))
 
     def add_tool_output(self, call_id: str, output: str) -> bool:
-        return self.controller.add_tool_output(self.now_ms(), call_id, output)
+        """False (and nothing changes) if no client tool call `call_id` is waiting for its output."""
+        if not self.controller.awaits_tool_output(call_id):
+            return False
+        self._post(lambda now: self._no_effects(self.controller.add_tool_output(now, call_id, output)))
+        return True
 
-    def delete_item(self, item_id: str) -> bool:
-        return self.controller.context.delete(item_id)
+    def delete_item(self, item_id: str) -> None:
+        self._post(lambda now: self._no_effects(self.controller.context.delete(item_id)))
+
+    @staticmethod
+    def _no_effects(_: object) -> list[ctl.Effect]:
+        return []
 
     def create_response(self, event_id: str | None = None) -> None:
         self._post(lambda now: self.controller.request_response(now, event_id))

@@ -444,3 +444,17 @@ def test_create_response_off_keeps_the_turn_without_answering() -> None:
     assert s.context.history[-1].content == "Remember the number seven."
     assert s.events("input_audio_buffer.committed") and s.c.state == ctl.State.LISTENING
     assert not s.of(ctl.Generate)
+
+
+def test_response_create_mid_pause_drops_the_draft_and_the_uncommitted_turn() -> None:
+    s = Script()
+    s.speak(0, 1000, 0, 16000)
+    s.run_until(1250)
+    draft = s.c.draft
+    assert draft is not None
+    s.at(1300, "request_response")
+    assert s.last(ctl.CancelGeneration).gen_id == draft.id and s.of(ctl.CloseTurn)
+    assert s.events("speculation.discarded")[0]["reason"] == "response_requested"
+    assert s.c.state == ctl.State.RESPONDING and s.c.turn is None
+    s.run_until(3000)  # the old turn's end-of-turn timer must not fire into the new response
+    assert len(s.events("response.created")) == 1

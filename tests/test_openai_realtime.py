@@ -288,3 +288,29 @@ async def test_the_readme_example_runs_as_written(embedded_server: str) -> None:
                                      timeout=90)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(words(result.stdout)) >= 1, "the example prints the spoken reply's transcript"
+
+
+async def test_a_client_run_tool_round_trip(embedded_server: str) -> None:
+    tool = {"type": "function", "name": "get_order_status",
+            "description": "Look up the delivery status of a customer's order by its number.",
+            "parameters": {"type": "object", "properties": {"order_number": {"type": "string"}},
+                           "required": ["order_number"]}}
+    async with realtime(embedded_server) as (conn, events):
+        update: Any = {"type": "realtime", "tools": [tool], "tool_choice": "auto", "parley": {"temperature": 0.0}}
+        await conn.session.update(session=update)
+        assert (await events.until("session.updated"))["session"]["tools"][0]["name"] == "get_order_status"
+        await conn.conversation.item.create(item={"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "What is the status of my order number 4512?"}]})
+        await conn.response.create()
+        call = await events.until("response.function_call_arguments.done", 60)
+        assert call["name"] == "get_order_status" and "4512" in json.loads(call["arguments"])["order_number"]
+        done = await events.until("response.done", 30)
+        assert done["response"]["status"] == "completed"
+        assert [o["type"] for o in done["response"]["output"]][-1] == "function_call"
+        await conn.conversation.item.create(item={"type": "function_call_output", "call_id": call["call_id"],
+                                                  "output": json.dumps({"status": "shipped", "arrives": "Friday"})})
+        await conn.response.create()
+        answer = await events.until("response.done", 60)
+    assert answer["response"]["status"] == "completed"
+    said = answer["response"]["output"][0]["content"][0]["transcript"]
+    assert {"shipped", "friday"} & set(words(said)), said

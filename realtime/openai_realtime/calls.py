@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
 
-from realtime import metrics
+from realtime import httpanswers
 from realtime.config import ConfigError
-from realtime.engine import CapacityError
+from realtime.httpanswers import json_error, refused
 from realtime.openai_realtime.protocol import RealtimeProtocol
 from realtime.openai_realtime.session_config import SessionUpdateError, WireSettings, parse_update
-from realtime.openai_realtime.websocket import RETRY_AFTER_S, wants_extensions
-from realtime.transports.webrtc import OfferError, WebRTCCall
+from realtime.openai_realtime.websocket import wants_extensions
+from realtime.transports.webrtc import WebRTCCall
 
 if TYPE_CHECKING:
     from realtime.engine import Engine
@@ -65,7 +65,7 @@ async def read_offer(request: web.Request) -> tuple[str, Any]:
     return await request.text(), None
 
 
-def add_routes(app: web.Application, engine: Engine, registry: set[WebRTCCall], json_error: Any) -> None:
+def add_routes(app: web.Application, engine: Engine, registry: set[WebRTCCall]) -> None:
     async def create(request: web.Request) -> web.StreamResponse:
         try:
             sdp, session_object = await read_offer(request)
@@ -87,18 +87,13 @@ def add_routes(app: web.Application, engine: Engine, registry: set[WebRTCCall], 
             settings = engine.session_settings(overrides)
         except ConfigError as exc:
             return json_error(400, "invalid_request_error", str(exc))
-        reason = engine.refusal()
-        if reason is not None:
-            metrics.REJECTED.labels(reason).inc()
-            return json_error(503, reason, engine.refusal_message(reason), {"Retry-After": str(RETRY_AFTER_S)})
+        refusal = refused(engine)
+        if refusal is not None:
+            return refusal
         call = RealtimeCall(engine, registry, wire, wants_extensions(request))
-        try:
-            answer = await call.accept(sdp, settings)
-        except OfferError as exc:
-            return json_error(400, "invalid_sdp", str(exc))
-        except CapacityError as exc:
-            metrics.REJECTED.labels("capacity").inc()
-            return json_error(503, "capacity", str(exc), {"Retry-After": str(RETRY_AFTER_S)})
+        answer = await httpanswers.answer(call, sdp, settings)
+        if isinstance(answer, web.Response):
+            return answer
         assert call.session is not None
         return web.Response(status=201, text=answer, content_type="application/sdp",
                             headers={"Location": f"{ROUTE}/{call.session.id}"})

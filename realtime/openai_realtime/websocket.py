@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from realtime import metrics
 from realtime.audio import ENGINE_RATE, Resampler
 from realtime.config import ConfigError
 from realtime.engine import CapacityError
+from realtime.httpanswers import refused
 from realtime.openai_realtime.protocol import RealtimeProtocol, encoder
 from realtime.openai_realtime.session_config import FORMAT_RATES, WireSettings
 from realtime.transports import g711, phone
@@ -39,7 +39,6 @@ ROUTE = "/v1/realtime"
 OUT_RATE = 24000  # the playout's rate; G.711 output is resampled from it per frame
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # ~65 s of base64 pcm16 at 24 kHz in one append
 MAX_QUEUED = 3000  # events waiting for a client that does not read (~60 s of audio deltas): then it is dropped
-RETRY_AFTER_S = 2
 
 
 def wants_extensions(request: web.Request) -> bool:
@@ -172,14 +171,13 @@ class RealtimeWebSocket:
         task.add_done_callback(self._tasks.discard)
 
 
-def add_routes(app: web.Application, engine: Engine, json_error: Any) -> None:
+def add_routes(app: web.Application, engine: Engine) -> None:
     connections: set[RealtimeWebSocket] = set()
 
     async def connect(request: web.Request) -> web.StreamResponse:
-        reason = engine.refusal()
-        if reason is not None:
-            metrics.REJECTED.labels(reason).inc()
-            return json_error(503, reason, engine.refusal_message(reason), {"Retry-After": str(RETRY_AFTER_S)})
+        refusal = refused(engine)
+        if refusal is not None:
+            return refusal  # before the upgrade: a load balancer or client sees a plain 503
         wire = WireSettings(model=request.query.get("model", "parley"))
         ws = web.WebSocketResponse(heartbeat=20, max_msg_size=MAX_MESSAGE_BYTES)
         await ws.prepare(request)
