@@ -314,3 +314,48 @@ async def test_a_client_run_tool_round_trip(embedded_server: str) -> None:
     assert answer["response"]["status"] == "completed"
     said = answer["response"]["output"][0]["content"][0]["transcript"]
     assert {"shipped", "friday"} & set(words(said)), said
+
+
+async def test_g711_formats_in_and_out(embedded_server: str) -> None:
+    from realtime.audio import resample
+    from realtime.transports import g711
+
+    async with realtime(embedded_server) as (conn, events):
+        update: Any = {"type": "realtime", "audio": {
+            "input": {"format": {"type": "audio/pcmu"}, "transcription": {"model": "whisper-1"}},
+            "output": {"format": {"type": "audio/pcma"}}}}
+        await conn.session.update(session=update)
+        updated = (await events.until("session.updated"))["session"]["audio"]
+        assert (updated["input"]["format"]["type"], updated["output"]["format"]["type"]) == ("audio/pcmu", "audio/pcma")
+        audio, rate = speak(QUESTION)
+        phone = resample(np.concatenate([audio, silence(1500)]), rate, 8000)
+        for i in range(0, phone.size, 1600):  # 200 ms of µ-law per append
+            await conn.input_audio_buffer.append(audio=base64.b64encode(g711.encode(phone[i : i + 1600], "PCMU")).decode())
+        done = await events.until("response.done", 60)
+    assert done["response"]["status"] == "completed"
+    heard = events.of("conversation.item.input_audio_transcription.completed")[0]["transcript"]
+    assert {"capital", "france"} <= set(words(heard)), heard
+    deltas = [base64.b64decode(e["delta"]) for e in events.of("response.output_audio.delta")]
+    assert deltas and max(len(d) for d in deltas) <= 168, "about 20 ms of A-law at 8 kHz per delta"
+    reply = g711.decode(b"".join(deltas), "PCMA")
+    assert reply.size / 8000 > 0.5 and dbfs(reply) > -35
+
+
+async def test_past_capacity_the_websocket_is_refused_before_the_upgrade(tmp_path: Any) -> None:
+    from tests.conftest import run_server
+
+    config = "[server]\nmax_sessions = 1\nrate_limit_per_minute = 0\n\n[models]\nstack = \"echo\"\n"
+    with run_server(tmp_path, config, ready_timeout=90) as url:
+        async with realtime(url):
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{url}/v1/realtime?model=x", headers={
+                        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                        "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()}) as r:
+                    assert r.status == 503 and r.headers["Retry-After"]
+                    assert (await r.json())["error"]["type"] == "capacity"
+        # The first call ended: the next is taken.
+        deadline = time.monotonic() + 10
+        while (await asyncio.to_thread(healthz, url))["sessions"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        async with realtime(url):
+            pass
