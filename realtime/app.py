@@ -29,7 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.warmup import WarmUpError
-from realtime import auth, drain, httpanswers, metrics, ratelimit
+from realtime import auth, cors, drain, httpanswers, metrics, ratelimit
 from realtime.config import Config, ConfigError
 from realtime.engine import Engine
 from realtime.httpanswers import RETRY_AFTER_S, json_error, refused
@@ -183,7 +183,8 @@ def create_app(config: Config, engine: Engine | None = None) -> web.Application:
     buckets = ratelimit.TokenBuckets(config.server.rate_limit_per_minute, config.server.rate_limit_burst)
     # Rate limits first: refusing a flood must not cost a key comparison, and guessing keys is a flood too.
     app = web.Application(client_max_size=config.server.max_body_bytes,
-                          middlewares=[ratelimit.middleware(buckets), auth.middleware(credentials)])
+                          middlewares=[cors.middleware(config.server.cors_origins), ratelimit.middleware(buckets),
+                                       auth.middleware(credentials)])
     app[ENGINE] = engine or Engine(config)
     calls: set[WebRTCCall] = set()
     app[CALLS] = calls

@@ -43,6 +43,9 @@ class ServerConfig:
     api_key: str = ""
     # Lifetime of a client secret from POST /v1/realtime/client_secrets (one call each).
     client_secret_ttl_s: float = 60.0
+    # Web origins whose pages may call the call-starting endpoints from the browser (CORS), e.g.
+    # ["https://app.example.com"]; "*" = any. Empty = only pages this server serves.
+    cors_origins: list[str] = field(default_factory=list)
     # Per client address: POST /offer and WebSocket connects refill at rate_limit_per_minute, up to a burst of
     # rate_limit_burst; beyond it 429 with Retry-After. 0 = no limit.
     rate_limit_per_minute: float = 120.0

@@ -26,9 +26,10 @@ LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 
 
 @contextlib.contextmanager
-def run_server(tmp_path: Path, config: str = "", name: str = "server", ready_timeout: float = 180) -> Iterator[str]:
+def run_server(tmp_path: Path, config: str = "", name: str = "server", ready_timeout: float = 180,
+               port: int | None = None) -> Iterator[str]:
     """Start `server.py` with `config` (TOML text appended to nothing: defaults otherwise); yield its URL."""
-    port = free_port()
+    port = port or free_port()
     cfg = tmp_path / f"{name}.toml"
     cfg.write_text(config)
     log = (tmp_path / f"{name}.log").open("w")

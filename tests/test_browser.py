@@ -142,3 +142,82 @@ async def test_page_calls_a_keyed_server_with_a_client_secret(tmp_path: Path) ->
                 assert "invalid_api_key" in await page.inner_text("#error")
             finally:
                 await browser.close()
+
+
+# Browser code written for OpenAI's WebRTC flow (the shape of OpenAI's own guide, written here anew): it posts the
+# offer as soon as it is created, without waiting for ICE gathering, from a page of another origin.
+OPENAI_FLOW_JS = """
+async (callsUrl) => {
+  const oai = window.oai = {events: [], status: 0, level: 0, location: ""};
+  const pc = new RTCPeerConnection();
+  pc.ontrack = (e) => {
+    // Chromium feeds a remote stream to Web Audio only while a media element plays it.
+    const el = document.createElement("audio");
+    el.autoplay = true;
+    el.srcObject = e.streams[0];
+    const ctx = new AudioContext();
+    const analyser = ctx.createAnalyser();
+    ctx.createMediaStreamSource(e.streams[0]).connect(analyser);
+    const buf = new Float32Array(analyser.fftSize);
+    setInterval(() => {
+      analyser.getFloatTimeDomainData(buf);
+      for (const x of buf) oai.level = Math.max(oai.level, Math.abs(x));
+    }, 50);
+  };
+  const mic = await navigator.mediaDevices.getUserMedia({audio: true});
+  pc.addTrack(mic.getTracks()[0]);
+  const dc = pc.createDataChannel("oai-events");
+  dc.addEventListener("message", (e) => oai.events.push(JSON.parse(e.data)));
+  dc.addEventListener("open", () => dc.send(JSON.stringify({type: "session.update", session: {
+    type: "realtime", audio: {input: {transcription: {model: "whisper-1"}}}}})));
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  const r = await fetch(callsUrl, {method: "POST", body: offer.sdp,
+                                   headers: {"Content-Type": "application/sdp", "Authorization": "Bearer ek_none"}});
+  oai.status = r.status;
+  oai.location = r.headers.get("Location") || "";
+  await pc.setRemoteDescription({type: "answer", sdp: await r.text()});
+  oai.pc = pc;
+}
+"""
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+async def test_openai_browser_webrtc_flow_from_another_origin(tmp_path: Path) -> None:
+    import aiohttp
+    from playwright.async_api import async_playwright
+
+    from tests.conftest import run_server
+
+    port = free_port()
+    page_origin = f"http://localhost:{port}"  # another origin than http://127.0.0.1:{port} for the browser
+    config = f'[server]\ncors_origins = ["{page_origin}"]\n\n[models]\nstack = "echo"\n'
+    wav = fake_mic(tmp_path / "question.wav")
+    args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}",
+            "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required"]
+    with run_server(tmp_path, config, ready_timeout=90, port=port) as url:
+        async with aiohttp.ClientSession() as http:
+            async with http.options(f"{url}/v1/realtime/calls", headers={
+                    "Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST"}) as r:
+                assert "Access-Control-Allow-Origin" not in r.headers, "an origin not listed gets no CORS grant"
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+            try:
+                page = await browser.new_page()
+                await page.goto(page_origin + "/")
+                await page.evaluate(OPENAI_FLOW_JS, f"{url}/v1/realtime/calls?model=parley")
+                assert await page.evaluate("window.oai.status") == 201
+                assert (await page.evaluate("window.oai.location")).startswith("/v1/realtime/calls/sess_")
+                await page.wait_for_function("window.oai.events.some(e => e.type === 'response.done')",
+                                             timeout=60000)
+                await page.wait_for_timeout(500)
+                types = await page.evaluate("window.oai.events.map(e => e.type)")
+                level = await page.evaluate("window.oai.level")
+                state = await page.evaluate("window.oai.pc.connectionState")
+            finally:
+                await browser.close()
+    assert types[0] == "session.created" and "session.updated" in types
+    for kind in ("input_audio_buffer.speech_started", "input_audio_buffer.committed", "response.created"):
+        assert kind in types, types
+    assert state == "connected" and level > 0.02, "the reply was heard on the media track"

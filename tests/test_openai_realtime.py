@@ -330,7 +330,8 @@ async def test_g711_formats_in_and_out(embedded_server: str) -> None:
         audio, rate = speak(QUESTION)
         phone = resample(np.concatenate([audio, silence(1500)]), rate, 8000)
         for i in range(0, phone.size, 1600):  # 200 ms of µ-law per append
-            await conn.input_audio_buffer.append(audio=base64.b64encode(g711.encode(phone[i : i + 1600], "PCMU")).decode())
+            chunk = g711.encode(phone[i : i + 1600], "PCMU")
+            await conn.input_audio_buffer.append(audio=base64.b64encode(chunk).decode())
         done = await events.until("response.done", 60)
     assert done["response"]["status"] == "completed"
     heard = events.of("conversation.item.input_audio_transcription.completed")[0]["transcript"]
