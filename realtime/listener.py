@@ -217,7 +217,8 @@ class Listener:
             # Everything that arrived behind a slow step goes to the VAD thread as one batch, not many hops.
             closing = False
             while not self._queue.empty():
-                closing = closing or self._queue.get_nowait() is None
+                if self._queue.get_nowait() is None:
+                    closing = True
             if closing:
                 self._queue.put_nowait(None)
             windows = self._take_windows()
