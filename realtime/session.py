@@ -6,7 +6,7 @@ chunk, a frame played, a tool result, a client event — is posted to its inbox 
 in one place (the controller) and changes in one task.
 
 Transports see only `push_audio`, `handle_client_event`, `playout` and `close`; they know nothing of models.
-Protocol adapters (realtime/openai_realtime/) drive the same session through its public methods (`update`,
+Protocol adapters (realtime/openai_realtime/) drive the same session through its public methods (`apply_settings`,
 `cancel_response`, `commit_input`, `add_text`, `create_response`, ...) instead of Parley's own JSON events.
 """
 
