@@ -32,7 +32,7 @@ from models.warmup import WarmUpError
 from realtime import auth, cors, drain, httpanswers, metrics, ratelimit
 from realtime.config import Config, ConfigError
 from realtime.engine import Engine
-from realtime.httpanswers import RETRY_AFTER_S, json_error, refused
+from realtime.httpanswers import RETRY_AFTER_S, json_error
 from realtime.openai_realtime import calls as realtime_calls
 from realtime.openai_realtime import websocket as realtime_websocket
 from realtime.openai_realtime.session_config import WireSettings, render
@@ -70,13 +70,10 @@ async def offer(request: web.Request) -> web.StreamResponse:
         settings = engine.session_settings(overrides)
     except ConfigError as exc:
         return json_error(400, "invalid_session", str(exc))
-    refusal = refused(engine)
-    if refusal is not None:
-        return refusal
-    call = WebRTCCall(engine, request.app[CALLS])
-    answer = await httpanswers.answer(call, sdp, settings)
-    if isinstance(answer, web.Response):
-        return answer
+    started = await httpanswers.start_call(engine, lambda: WebRTCCall(engine, request.app[CALLS]), sdp, settings)
+    if isinstance(started, web.Response):
+        return started
+    call, answer = started
     assert call.session is not None
     return web.json_response({"sdp": answer, "type": "answer", "session_id": call.session.id,
                               "events_token": call.session.events_token})

@@ -6,20 +6,21 @@ is a 503 with `Retry-After`, counted in `parley_rejected_total`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
 from realtime import metrics
 from realtime.config import SessionConfig
 from realtime.engine import CapacityError
-from realtime.transports.webrtc import OfferError
+from realtime.transports.webrtc import OfferError, WebRTCCall
 
 if TYPE_CHECKING:
     from realtime.engine import Engine
-    from realtime.transports.webrtc import WebRTCCall
 
 RETRY_AFTER_S = 2
+Call = TypeVar("Call", bound=WebRTCCall)
 
 
 def json_error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -35,10 +36,18 @@ def refused(engine: Engine) -> web.Response | None:
     return json_error(503, reason, engine.refusal_message(reason), {"Retry-After": str(RETRY_AFTER_S)})
 
 
-async def answer(call: WebRTCCall, offer_sdp: str, settings: SessionConfig) -> str | web.Response:
-    """The SDP answer to an offer, or the error response (400 bad offer, 503 no room); a failed call is closed."""
+async def start_call(engine: Engine, make_call: Callable[[], Call], offer_sdp: str, settings: SessionConfig
+                     ) -> tuple[Call, str] | web.Response:
+    """A new call and its SDP answer, or the error response (503 no room, 400 bad offer); a failed call is closed.
+
+    The call is made only once the engine would take it: a refused offer costs no peer connection.
+    """
+    refusal = refused(engine)
+    if refusal is not None:
+        return refusal
+    call = make_call()
     try:
-        return await call.accept(offer_sdp, settings)
+        return call, await call.accept(offer_sdp, settings)
     except OfferError as exc:
         return json_error(400, "invalid_sdp", str(exc))
     except CapacityError as exc:

@@ -17,7 +17,7 @@ from aiohttp import BodyPartReader, web
 
 from realtime import httpanswers
 from realtime.config import ConfigError
-from realtime.httpanswers import json_error, refused
+from realtime.httpanswers import json_error
 from realtime.openai_realtime.protocol import RealtimeProtocol
 from realtime.openai_realtime.session_config import SessionUpdateError, WireSettings, parse_update
 from realtime.openai_realtime.websocket import wants_extensions
@@ -87,13 +87,12 @@ def add_routes(app: web.Application, engine: Engine, registry: set[WebRTCCall]) 
             settings = engine.session_settings(overrides)
         except ConfigError as exc:
             return json_error(400, "invalid_request_error", str(exc))
-        refusal = refused(engine)
-        if refusal is not None:
-            return refusal
-        call = RealtimeCall(engine, registry, wire, wants_extensions(request))
-        answer = await httpanswers.answer(call, sdp, settings)
-        if isinstance(answer, web.Response):
-            return answer
+        extensions = wants_extensions(request)
+        started = await httpanswers.start_call(engine, lambda: RealtimeCall(engine, registry, wire, extensions), sdp,
+                                               settings)
+        if isinstance(started, web.Response):
+            return started
+        call, answer = started
         assert call.session is not None
         return web.Response(status=201, text=answer, content_type="application/sdp",
                             headers={"Location": f"{ROUTE}/{call.session.id}"})

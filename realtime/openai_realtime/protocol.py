@@ -466,7 +466,7 @@ class RealtimeProtocol:
 
     def _new_id(self, prefix: str) -> str:
         self._ids += 1
-        return f"{prefix}_{self._ids:06d}_{id(self) & 0xFFFF:04x}"
+        return f"{prefix}_c{self._ids}"  # "_c": never one of the session's own `item_N` ids
 
     def _emit(self, type_: str, **fields: Any) -> None:
         self._ids += 1

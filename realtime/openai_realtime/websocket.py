@@ -28,6 +28,7 @@ from realtime.httpanswers import refused
 from realtime.openai_realtime.protocol import RealtimeProtocol, encoder
 from realtime.openai_realtime.session_config import FORMAT_RATES, WireSettings
 from realtime.transports import g711, phone
+from realtime.transports.owned_tasks import OwnedTasks
 
 if TYPE_CHECKING:
     from realtime.engine import Engine
@@ -59,7 +60,7 @@ class RealtimeWebSocket:
         self.session: Session | None = None
         self._out: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._clock = phone.FrameClock()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks()
         self._next_at_ms = 0.0
         self._decoder: tuple[str, Resampler] | None = None
         self._encoder: tuple[str, Resampler | None] = ("audio/pcm", None)
@@ -159,16 +160,11 @@ class RealtimeWebSocket:
         if self.session is not None:
             await self.engine.close_session(self.session, reason)
         self._out.put_nowait(None)
-        current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
+        self._tasks.cancel_all()
         await self.ws.close()
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
 
 def add_routes(app: web.Application, engine: Engine) -> None:

@@ -28,6 +28,7 @@ from realtime import metrics
 from realtime.config import sip_digest_password
 from realtime.engine import CapacityError
 from realtime.transports import phone, sdp, sipaccess, sipmsg
+from realtime.transports.owned_tasks import OwnedTasks
 from realtime.transports.sipcall import SipCall
 from realtime.transports.sipmsg import SipMessage
 
@@ -80,7 +81,7 @@ class SipServer(asyncio.DatagramProtocol):
         self._finals: dict[tuple[str, str, int], tuple[float, bytes]] = {}  # (call-id, branch, cseq) -> response
         self._byes: dict[str, asyncio.Task[None]] = {}  # branch -> retransmission of a BYE we sent
         self._answering: set[str] = set()  # Call-IDs whose INVITE is being set up (an RTP port being bound)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks()
         self._sources = sipaccess.SourceFilter(self.config.sip_allowed_sources)
         self._digest = sipaccess.DigestAuth(self.config.sip_digest_user, sip_digest_password(self.config))
         self._refused_logged: set[str] = set()
@@ -100,7 +101,8 @@ class SipServer(asyncio.DatagramProtocol):
             await dialog.call.close("server_shutdown")  # sends BYE through on_call_closed
         if self._byes:
             await asyncio.wait(list(self._byes.values()), timeout=1.0)
-        for task in list(self._tasks) + list(self._byes.values()):
+        self._tasks.cancel_all()
+        for task in self._byes.values():
             task.cancel()
         if self._transport is not None:
             self._transport.close()
@@ -408,9 +410,7 @@ class SipServer(asyncio.DatagramProtocol):
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
 
 _SERVER: web.AppKey[SipServer] = web.AppKey("sip_server", SipServer)

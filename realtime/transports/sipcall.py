@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from realtime import events
 from realtime.transports import g711, phone, rtp, sdp
+from realtime.transports.owned_tasks import OwnedTasks
 
 if TYPE_CHECKING:
     from realtime.config import SessionConfig
@@ -80,7 +81,7 @@ class SipCall:
         self._dtmf = rtp.DtmfReceiver()
         self._last_seq: dict[int, int] = {}
         self._clock = phone.FrameClock()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks()
         self._last_media = time.monotonic()
         self._closed = False
 
@@ -232,10 +233,7 @@ class SipCall:
         if self._closed:
             return
         self._closed = True
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
+        self._tasks.cancel_all()
         if self._transport is not None:
             self._transport.close()
         if self.session is not None:
@@ -245,6 +243,4 @@ class SipCall:
         self._on_closed(self, reason)
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)

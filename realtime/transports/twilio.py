@@ -33,6 +33,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from realtime import events
 from realtime.transports import g711, phone, twilio_signature
+from realtime.transports.owned_tasks import OwnedTasks
 from realtime.transports.rtp import DTMF_EVENTS
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ class TwilioCall:
         self._clock = phone.FrameClock()
         self._send_lock = asyncio.Lock()
         self._sender: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks()
         self._pending_marks: dict[str, float] = {}  # name -> when the audio before it had all been sent
         self._cleared_marks: set[str] = set()
         self._mark_seq = 0
@@ -309,10 +310,9 @@ class TwilioCall:
         if self._closed:
             return
         self._closed = True
-        current = asyncio.current_task()
-        for task in [self._sender, *self._tasks]:
-            if task is not None and task is not current:
-                task.cancel()
+        if self._sender is not None and self._sender is not asyncio.current_task():
+            self._sender.cancel()
+        self._tasks.cancel_all()
         for key in (self.stream_sid, self.call_sid):
             self._directory.pop(key, None)
         if self.session is not None:
@@ -324,9 +324,7 @@ class TwilioCall:
             await self.ws.close()
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._warned:

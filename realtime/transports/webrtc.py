@@ -26,6 +26,7 @@ from realtime.audio import ENGINE_RATE, Resampler, to_int16
 from realtime.config import SessionConfig
 from realtime.playout import Playout
 from realtime.transports import aiortc_tuning, ice
+from realtime.transports.owned_tasks import OwnedTasks
 from realtime.transports.trackclock import TrackClock
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ class WebRTCCall:
         self.channel: RTCDataChannel | None = None
         self.track = PlayoutTrack()
         self._queued: deque[str] = deque(maxlen=MAX_QUEUED_EVENTS)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks()
         self._last_media: float | None = None
         self._closed = False
         registry.add(self)
@@ -220,15 +221,10 @@ class WebRTCCall:
         self._closed = True
         if self.session is not None:
             await self.engine.close_session(self.session, reason)
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
+        self._tasks.cancel_all()
         self.track.stop()
         await self.pc.close()
         self._registry.discard(self)
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
