@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.turns import STAGES
+from benchmarks.turns import MARKS, STAGES
 
+MARK_LABELS = {"transcript": "transcript ready", "lm_first_token": "LM first token", "first_chunk": "first audio chunk",
+               "first_audio_out": "first audio out", "first_audio_heard": "first audio heard"}
 STAGE_LABELS = {
     "inbound": "inbound (client→VAD)", "silence": "silence window", "asr": "ASR", "lm": "LM first token",
     "decoder": "decoder first chunk", "wire": "to the wire", "outbound": "outbound (wire→client)",
@@ -112,9 +114,31 @@ def markdown(report: dict[str, Any]) -> str:
                      f"| {_fmt(s['decoder_first_chunk_ms']['p50'])} | {_fmt(s['vad_stop_ms']['p50'])} |")
     lines += ["", "Stages are cut on the critical path, so a stage a committed draft finished early counts 0; "
               "*work* columns are the stage's own duration wherever it ran.", ""]
+    lines += _marks_section(arms)
     lines += _server_section(report)
     lines += _turn_table(arms)
     return "\n".join(lines) + "\n"
+
+
+def _marks_section(arms: dict[str, Any]) -> list[str]:
+    lines = ["## From the user's speech end (p50 / p95 / max, ms)", "",
+             "| arm | " + " | ".join(MARK_LABELS[k] for k in MARKS) + " | final pass: waited | work | audio decoded "
+             "| WER |", "|---|" + "---|" * (len(MARKS) + 4)]
+    for name, arm in arms.items():
+        s = arm["summary"]
+        marks = s.get("from_speech_end_ms", {})
+        cells = [" / ".join(_fmt(marks.get(k, {}).get(q)) for q in ("p50", "p95", "p100")) for k in MARKS]
+        asr = s.get("asr_final", {})
+        extra = [" / ".join(_fmt(asr.get(k, {}).get(q)) for q in ("p50", "p95", "p100"))
+                 for k in ("queued_ms", "work_ms", "decoded_audio_ms")]
+        wer = s.get("wer")
+        pct = _fmt(wer * 100 if wer is not None else None, 1)
+        lines.append(f"| {name} | " + " | ".join(cells + extra) + f" | {pct} % |")
+    lines += ["", "Each mark is when that result existed, on the client's clock, wherever it was computed (a draft "
+              "may have it before the end of turn). *transcript*: the tokenizer's final pass finished. "
+              "*final pass*: its wait for the ASR thread, its work and the audio it decoded (the whole turn "
+              "without incremental decoding). WER: against the scenarios' transcripts.", ""]
+    return lines
 
 
 def _server_section(report: dict[str, Any]) -> list[str]:
@@ -194,5 +218,28 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     fig.tight_layout()
     paths.append(out / "stages.png")
     fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        data = [[t["from_speech_end_ms"][k] for t in arms[name]["turns"]
+                 if t.get("ok") and t.get("from_speech_end_ms", {}).get(k) is not None] for k in MARKS]
+        pos = [k + (i - (len(names) - 1) / 2) * width for k in range(len(MARKS))]
+        keep = [(p, d) for p, d in zip(pos, data, strict=True) if d]
+        if keep:
+            box = ax.boxplot([d for _, d in keep], positions=[p for p, _ in keep], widths=width * 0.9,
+                             whis=(5, 95), patch_artist=True, manage_ticks=False)
+            for patch in box["boxes"]:
+                patch.set_facecolor(colors(i))
+            ax.plot([], [], color=colors(i), label=name, linewidth=6)
+    ax.set_xticks(range(len(MARKS)), [MARK_LABELS[k] for k in MARKS], fontsize=8)
+    ax.set_ylabel("ms after the user's speech end")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    ax.set_title("Stage distribution (box: p25-p75, whiskers p5-p95)")
+    fig.tight_layout()
+    paths.append(out / "stage_distribution.png")
+    fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.turns import STAGES
+from benchmarks.turns import MARKS, STAGES
 
 
 def percentiles(values: Iterable[float | None], qs: Sequence[int] = (50, 90, 99)) -> dict[str, float | int | None]:
@@ -62,11 +62,23 @@ def summarize_arm(turns: list[dict[str, Any]], calls: list[dict[str, Any]]) -> d
         "reply_ms": percentiles((t.get("reply_ms") for t in ok), (50, 90)),
         "draft_timer_late_ms": percentiles((t.get("draft_timer_late_ms") for t in ok), (50, 99)),
         "false_turn_ends": sum(t.get("false_turn_ends", 0) for t in turns),
+        "from_speech_end_ms": {k: percentiles((t.get("from_speech_end_ms", {}).get(k) for t in ok), (50, 90, 95, 100))
+                               for k in MARKS},
+        "asr_final": {k: percentiles((t.get("asr_final", {}).get(k) for t in ok), (50, 95, 100))
+                      for k in ("queued_ms", "work_ms", "decoded_audio_ms", "turn_audio_ms")},
+        "wer": _wer(ok),
         "sessions": len(calls),
         "failed_sessions": sum(1 for c in calls if c.get("error")),
         "turns": len(turns),
         "failed_turns": len(turns) - len(ok),
     }
+
+
+def _wer(turns: list[dict[str, Any]]) -> float | None:
+    """Word errors over reference words, all turns with a reference transcript together."""
+    scored = [t for t in turns if t.get("wer") is not None]
+    words = sum(t["reference_words"] for t in scored)
+    return round(sum(t["wer"] * t["reference_words"] for t in scored) / words, 4) if words else None
 
 
 def paired_deltas(arms: dict[str, Any]) -> dict[str, Any]:

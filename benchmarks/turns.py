@@ -26,10 +26,13 @@ from typing import Any
 from benchmarks.client import SPEECH_DBFS
 from benchmarks.conversation import CallRecord, TurnPlay
 from benchmarks.pacing import LATE_MS, pacing
+from benchmarks.wer import word_error_rate
 
 # Decoded Opus silence is digital zero (-120 dBFS here); anything above this is reply audio arriving.
 AUDIBLE_DBFS = -100.0
 STAGES = ("inbound", "silence", "asr", "lm", "decoder", "wire", "outbound")
+# Cumulative marks from the user's speech end (client clock): when each stage's result existed, wherever it ran.
+MARKS = ("transcript", "lm_first_token", "first_chunk", "first_audio_out", "first_audio_heard")
 
 
 def analyse_call(rec: CallRecord, late_ms: float = LATE_MS) -> list[dict[str, Any]]:
@@ -175,7 +178,15 @@ def _analyse_turn(rec: CallRecord, turn: TurnPlay, origin: float, late_ms: float
         "to_wire_ms": _ms(release, wire),
         "pacing": pace.as_dict(),
         "draft_timer_late_ms": round(max(timer_late), 1) if timer_late else None,
+        "from_speech_end_ms": {
+            "transcript": _ms(t0, st(m.get("transcript_done_ms")) or ready), "lm_first_token": _ms(t0, token),
+            "first_chunk": _ms(t0, chunk), "first_audio_out": _ms(t0, wire),
+            "first_audio_heard": round((onset - t0) * 1000.0, 1)},
+        "asr_final": m.get("asr") or {},
     })
+    if turn.transcript and record.get("user_transcript") is not None:
+        record["wer"] = round(word_error_rate(turn.transcript, record["user_transcript"]), 4)
+        record["reference_words"] = len(turn.transcript.split())
     return record
 
 

@@ -12,7 +12,7 @@ their decode loop in a thread) and must stop its work promptly when the iterator
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -65,6 +65,8 @@ class UserInput:
     content: str
     key: str
     audio_tokens: int = 0
+    # How the stage got there (e.g. audio decoded, work ms), for metrics; not compared, not sent to the LM.
+    timing: Mapping[str, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,11 @@ class TokenizerStream(Protocol):
     def finalize(self, turn_audio: np.ndarray) -> UserInput: ...
 
     def reset(self) -> None: ...
+
+    def abandon(self) -> None:
+        """Called from the event loop while a ``push_segment`` may be running on the stage thread: a final pass
+        needs the thread, so that partial pass may stop early (its result is then discarded)."""
+        ...
 
 
 class SpeechTokenizer(Protocol):

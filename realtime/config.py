@@ -157,6 +157,9 @@ class EmbeddedStackConfig:
     # Shortest Whisper encoder window, seconds (Whisper's own is 30). 5 s costs ~1/5 of 30 s per pass with the
     # same words on short turns (measured; see models/embedded/whisper.py); longer turns get a longer window.
     asr_window_s: float = 5.0
+    # Decode only the words not yet agreed by two partial passes (local agreement, models/embedded/agreement.py):
+    # the final pass then covers the turn's last second or two. false = every pass re-reads the whole turn.
+    asr_incremental: bool = True
     asr_threads: int = 2
     lm_threads: int = 2
     lm_context: int = 2048

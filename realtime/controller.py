@@ -823,6 +823,9 @@ class Controller:
             "end_of_turn_decision_ms": r(turn.ended_ms) if turn is not None else None,
             "commit_ms": r(gen.committed_ms),
             "transcript_ready_ms": r(gen.input_ready_ms),
+            # When the tokenizer actually finished (a draft may have asked for the words only later), and how.
+            "transcript_done_ms": r(gen.input.timing.get("done_ms")) if gen.input is not None else None,
+            "asr": {k: v for k, v in gen.input.timing.items() if k != "done_ms"} if gen.input is not None else {},
             "lm_first_token_ms": r(gen.first_token_ms),
             "first_audio_ready_ms": r(gen.first_audio_ready_ms),
             "first_audio_out_ms": r(gen.first_audio_out_ms),

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from models.interfaces import GenerationOptions, Message, ModelStack
+from models.priority_executor import PriorityExecutor
 from models.registry import load_stack
 from models.threaded import stage_executor
 from models.warmup import WarmUpError, WarmUpReport, warm_up_audio_stages
@@ -40,7 +41,8 @@ class Engine:
         self._stack = stack
         self.tools = tools or default_tools()
         self.vad_executor: ThreadPoolExecutor = stage_executor("vad")
-        self.asr_executor: ThreadPoolExecutor = stage_executor("asr")
+        # Shared by every session; a caller's final pass goes before anyone's partial pass.
+        self.asr_executor = PriorityExecutor("asr")
         self.tts_executor: ThreadPoolExecutor = stage_executor("tts")
         self.sessions: dict[str, Session] = {}
         self.recent_summaries: deque[dict[str, Any]] = deque(maxlen=50)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.interfaces import SpeechTokenizer, TokenizerStream, UserInput, VadStream, VoiceActivityDetector
+from models.priority_executor import BACKGROUND, URGENT, PriorityExecutor
 from realtime.audio import ENGINE_RATE, AudioRing
 
 log = logging.getLogger(__name__)
@@ -110,22 +112,30 @@ class SpeechSegmenter:
 
 
 class Listener:
-    """Runs the VAD on a stage thread and the tokenizer's segment passes on another, posting events in order."""
+    """Runs the VAD on a stage thread and the tokenizer's passes on another, posting events in order.
+
+    The tokenizer's thread is shared by every session and ordered by urgency (models/priority_executor.py): a
+    final pass, which a caller who stopped speaking waits for, goes before any partial pass of any session, and a
+    partial pass still running when any session's final pass is asked for is abandoned at its next step.
+    """
 
     def __init__(
         self,
         vad: VoiceActivityDetector,
         tokenizer: SpeechTokenizer,
         vad_executor: Executor,
-        asr_executor: Executor,
+        asr_executor: PriorityExecutor,
         post: Callable[[ListenerEvent], None],
         threshold: float,
         min_speech_ms: int,
         max_turn_ms: int,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._vad: VadStream = vad.open_stream()
         self._window = vad.frame_samples
+        self._tokenizer_model = tokenizer
         self._tokenizer: TokenizerStream = tokenizer.open_stream()
+        self._clock = clock
         # 0 = no passes while speaking (the tokenizer works only at pauses).
         self._segment_samples = tokenizer.segment_ms * ENGINE_RATE // 1000
         self._vad_executor = vad_executor
@@ -145,6 +155,7 @@ class Listener:
         self._passes: dict[int, asyncio.Future[UserInput]] = {}
         self._next_segment = 0
         self._segment_task: asyncio.Future[str] | None = None
+        self._partials = 0  # bumped when a final pass abandons the partial pass in flight
         self._task = asyncio.create_task(self._run(), name="listener")
 
     # --- called by the session (event loop) ------------------------------------------------------------------
@@ -190,18 +201,35 @@ class Listener:
         """
         fut = self._passes.get(end_sample)
         if fut is None:
-            audio = self.turn_audio(end_sample)
-            loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(self._asr_executor, self._tokenizer.finalize, audio)
+            if self._segment_task is not None and not self._segment_task.done():
+                self._partials += 1  # a partial pass still queued will not start
+                self._tokenizer.abandon()  # one running stops at its next step
+            fut = self._urgent(self._tokenizer, self.turn_audio(end_sample))
             self._passes[end_sample] = fut
-            log.debug("final pass over %d samples up to %d", audio.size, end_sample)
         return fut
 
     def span_pass(self, start_sample: int, end_sample: int) -> asyncio.Future[UserInput]:
         """One tokenizer pass over exactly [start_sample, end_sample): audio a client committed itself."""
         audio = self._audio.slice(max(self._audio.start, start_sample), end_sample)
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._asr_executor, self._tokenizer.finalize, audio)
+        # A stream of its own: what the turn's stream agreed on belongs to other audio.
+        return self._urgent(self._tokenizer_model.open_stream(), audio)
+
+    def _urgent(self, stream: TokenizerStream, audio: np.ndarray) -> asyncio.Future[UserInput]:
+        clock = self._clock
+        queued = clock() if clock is not None else 0.0
+
+        def run() -> UserInput:
+            started = clock() if clock is not None else 0.0
+            result = stream.finalize(audio)
+            if clock is None:
+                return result
+            # When the words were ready, on the session's clock: a draft may ask for them only later.
+            done = clock()
+            timing = {**result.timing, "queued_ms": round(started - queued, 1), "done_ms": round(done, 1)}
+            return dataclasses.replace(result, timing=timing)
+
+        log.debug("final pass over %d samples", audio.size)
+        return asyncio.wrap_future(self._asr_executor.submit_at(URGENT, run))
 
     async def close(self) -> None:
         self._queue.put_nowait(None)
@@ -281,8 +309,14 @@ class Listener:
         end = self._audio.end
         audio = self._audio.slice(self._turn_start, end)
         self._next_segment = end + self._segment_samples
-        loop = asyncio.get_running_loop()
-        self._segment_task = loop.run_in_executor(self._asr_executor, self._tokenizer.push_segment, audio)
+        partial = self._partials
+
+        def run() -> str:
+            return "" if partial != self._partials else self._tokenizer.push_segment(audio)
+
+        # Background work: any session's final pass goes first, and stops this pass at its next step if running.
+        self._segment_task = asyncio.wrap_future(
+            self._asr_executor.submit_at(BACKGROUND, run, preempt=self._tokenizer.abandon))
         self._segment_task.add_done_callback(self._segment_done)
 
     def _segment_done(self, fut: asyncio.Future[str]) -> None:

@@ -77,7 +77,7 @@ class Session:
         self.controller = ctl.Controller(settings, context, engine.tools.specs, stack.tokenizer.normalize)
         self.listener = Listener(
             stack.vad, stack.tokenizer, engine.vad_executor, engine.asr_executor, self._on_listener,
-            settings.vad_threshold, settings.min_speech_ms, settings.max_turn_ms,
+            settings.vad_threshold, settings.min_speech_ms, settings.max_turn_ms, clock=self.now_ms,
         )
         self._responses: dict[str, Response] = {}
         self._released: set[str] = set()  # gen_ids whose audio may play (committed drafts, plain responses)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from benchmarks.server_process import free_port, healthz
+from benchmarks.wer import word_error_rate, words  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -109,15 +110,3 @@ def librivox(name: str) -> tuple[np.ndarray, int, str]:
     return samples, rate, transcripts[wav.stem]
 
 
-def words(text: str) -> list[str]:
-    return "".join(c.lower() if c.isalnum() or c == " " else " " for c in text).split()
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    ref, hyp = words(reference), words(hypothesis)
-    d = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, d[0] = d[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
-    return d[len(hyp)] / max(1, len(ref))

@@ -62,3 +62,65 @@ def test_hibari_reports_what_it_cannot_do() -> None:
     levels = [float(np.sqrt(np.mean(fast[i : i + frame] ** 2))) for i in range(0, fast.size - frame, frame)]
     voiced = [i for i, lv in enumerate(levels) if lv > 10 ** (-45 / 20)]
     assert voiced[0] <= 3 and len(levels) - voiced[-1] <= 17
+
+
+def test_two_calls_taking_turns_keep_their_conversations_cached() -> None:
+    """Two sessions share one llama.cpp context. Each turn of one used to evict the other's history, so every turn
+    prefilled its whole conversation again (seconds on two cores); now each finds its own history cached, and
+    answers exactly as it would from a cold cache."""
+    from models.embedded.llama import LlamaLM
+
+    lm = LlamaLM(model_path("qwen2.5-0.5b") / "model.gguf", "qwen2.5-0.5b", 1024, 2)
+    options = GenerationOptions(max_tokens=12, temperature=0.0)
+
+    async def reply(messages: list[Message]) -> str:
+        return "".join([d.text async for d in lm.stream(messages, options)])
+
+    def opening(topic: str) -> list[Message]:
+        return [Message("system", "You are a voice assistant. Answer in one short sentence."),
+                Message("user", f"I would like to talk about {topic}. Tell me something surprising about it."),
+                Message("assistant", f"Here is something surprising about {topic}: " + "it is older than it looks "
+                        "and it has changed a great deal over the centuries, in ways few people notice. " * 2)]
+
+    calls = {"sea": opening("the sea"), "alps": opening("the Alps")}
+    last: dict[str, tuple[list[Message], str]] = {}
+    for turn in range(2):
+        for name, history in calls.items():
+            history.append(Message("user", f"And what else, part {turn}?"))
+            text = asyncio.run(reply(history))
+            if turn:  # the other call ran in between; this one's previous prompt was still cached
+                previous = len(lm.prompt_tokens(last[name][0], options))
+                assert lm.prompt_cache.last_reused >= previous, (name, lm.prompt_cache.last_reused, previous)
+            last[name] = (list(history), text)
+            history.append(Message("assistant", text))
+    assert lm.prompt_cache.restored >= 2
+    for name, (messages, text) in last.items():
+        lm.llm.reset()  # a cold cache: the same answer, token for token
+        assert asyncio.run(reply(messages)) == text, name
+
+
+def test_more_calls_than_parked_caches_still_answer_as_from_a_cold_cache() -> None:
+    """Past its entry limit the prompt cache drops the least recently used conversation; every call still gets
+    the answer it would get from a cold cache (a dropped one is prefilled again, not mixed up with another)."""
+    from models.embedded.llama import LlamaLM
+    from models.embedded.prompt_cache import PromptCache
+
+    lm = LlamaLM(model_path("smollm2-135m") / "model.gguf", "smollm2-135m", 2048, 2)
+    lm.prompt_cache = PromptCache(lm.llm, max_entries=2)
+    options = GenerationOptions(max_tokens=6, temperature=0.0)
+
+    async def reply(messages: list[Message]) -> str:
+        return "".join([d.text async for d in lm.stream(messages, options)])
+
+    calls = [[Message("system", "Answer briefly."),
+              Message("user", f"Caller {i} here. " + f"My favourite number is {i}. " * 12 + "What is it?")]
+             for i in range(3)]
+    answers = []
+    for _ in range(2):
+        for messages in calls:
+            answers.append((list(messages), asyncio.run(reply(messages))))
+            messages += [Message("assistant", answers[-1][1]), Message("user", "And again?")]
+    assert lm.prompt_cache.parked > 2
+    for messages, text in answers:
+        lm.llm.reset()
+        assert asyncio.run(reply(messages)) == text

@@ -95,6 +95,23 @@ def test_speech_bounds_trims_silence_at_both_ends() -> None:
     assert speech_bounds(np.zeros(rate, np.float32), rate) is None
 
 
+def test_speech_bounds_leave_a_recordings_room_noise_out() -> None:
+    """A real read sentence: "...seven of hearts" ends ~3.25 s into a 3.5 s file whose last 250 ms are room noise at
+    -42..-47 dBFS. The caller's speech end (what every voice-to-voice figure counts from) is the word's end."""
+    from benchmarks.corpus.human import sentences
+
+    cards = next(s for s in sentences() if s.name == "cards-005").samples()
+    _start, end = speech_bounds(cards, 16000)  # type: ignore[misc]
+    assert 3.15 <= end / 16000 <= 3.35, end / 16000
+    padded = np.concatenate([np.zeros(8000, np.float32), cards, np.zeros(16000, np.float32)])
+    assert speech_bounds(padded, 16000)[1] == end + 8000  # type: ignore[index]
+    # The noise floor does not eat quiet speech: a tone 18 dB under the loudest, with no pause, is kept whole.
+    rate = 16000
+    t = np.arange(rate) * 2 * np.pi * 200 / rate
+    loud_then_quiet = np.concatenate([0.3 * np.sin(t[: rate // 2]), 0.038 * np.sin(t[rate // 2 :])]).astype(np.float32)
+    assert speech_bounds(loud_then_quiet, rate)[1] >= rate - rate // 100  # type: ignore[index]
+
+
 @pytest.mark.parametrize(("index", "files", "message"), [
     ({"scenarios": []}, {}, "'scenarios' is empty"),
     ({"scenarios": [{"name": "x", "turns": [{"segments": [{"audio": "nope.wav"}], "after_ms": 0}]}]}, {},

@@ -40,6 +40,9 @@ class EchoStream:
     def reset(self) -> None:
         pass
 
+    def abandon(self) -> None:
+        pass
+
 
 class EchoLM:
     name = "echo"

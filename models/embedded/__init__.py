@@ -37,7 +37,8 @@ def load_tokenizer(config: Config, language: str | None = None) -> WhisperTokeni
 
     emb = config.models.embedded
     return WhisperTokenizer(model_path(emb.asr, emb.model_dir), emb.asr_segment_ms, emb.asr_threads,
-                            emb.language if language is None else language, emb.asr_window_s)
+                            emb.language if language is None else language, emb.asr_window_s,
+                            emb.asr_incremental)
 
 
 def load_tts(config: Config) -> HibariTTS:

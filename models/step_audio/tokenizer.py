@@ -165,6 +165,9 @@ class StepAudioStream:
         self._semantic.reset()
         self._transcript.reset()
 
+    def abandon(self) -> None:
+        pass  # the codes of every segment are needed by the final pass: a partial pass always runs to the end
+
     def push_segment(self, turn_audio: np.ndarray) -> str:
         self._linguistic.push(turn_audio)
         self._semantic.push(turn_audio)
