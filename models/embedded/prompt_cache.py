@@ -90,12 +90,12 @@ class PromptCache:
 
     def _restore(self, entry: Parked) -> bool:
         llm = self._llm
+        self._parked.remove(entry)  # live again (parked anew when another conversation displaces it), or useless
         llama_c.llama_memory_seq_rm(llama_c.llama_get_memory(llm.ctx), SEQ, -1, -1)
         if llama_c.llama_state_seq_set_data(llm.ctx, entry.state, len(entry.state), SEQ) == 0:
             log.warning("llama.cpp refused a parked state; prefilling instead")
             llm.n_tokens = 0
             return False
-        self._parked.remove(entry)  # live again; parked anew when another conversation displaces it
         n = len(entry.tokens)
         llm.input_ids[:n] = entry.tokens
         llm.n_tokens = n
