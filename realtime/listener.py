@@ -202,8 +202,9 @@ class Listener:
         fut = self._passes.get(end_sample)
         if fut is None:
             if self._segment_task is not None and not self._segment_task.done():
-                self._partials += 1  # a partial pass still queued will not start
-                self._tokenizer.abandon()  # one running stops at its next step
+                # A partial pass still queued will not start; one running is stopped by the executor's preempt
+                # hook when this urgent pass is submitted.
+                self._partials += 1
             fut = self._urgent(self._tokenizer, self.turn_audio(end_sample))
             self._passes[end_sample] = fut
         return fut

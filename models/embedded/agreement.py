@@ -68,11 +68,10 @@ class LocalAgreement:
 
     def without_repeats(self, words: list[Word]) -> list[Word]:
         """Drop a start of `words` that repeats the end of the committed words (the prompt read back)."""
-        done = [w.key for w in self.committed]
-        for n in range(min(DEDUP_NGRAM, len(done), len(words)), 0, -1):
-            if [w.key for w in words[:n]] == done[-n:]:
-                return words[n:]
-        return words
+        return words[repeated(self.committed_keys(), [w.key for w in words]) :]
+
+    def committed_keys(self) -> list[str]:
+        return [w.key for w in self.committed]
 
     def update(self, words: list[Word], audio: np.ndarray, margin: int) -> bool:
         """A new hypothesis of the audio after the cut (`audio` is the whole turn so far); True if it moved."""
@@ -110,6 +109,14 @@ class LocalAgreement:
         self.pending = words[agreed:]
         self.cut = at
         return True
+
+
+def repeated(done: list[str], new: list[str]) -> int:
+    """How many of `new`'s first words (normalized) repeat the last words of `done`: the prompt's echo."""
+    for n in range(min(DEDUP_NGRAM, len(done), len(new)), 0, -1):
+        if new[:n] == done[-n:]:
+            return n
+    return 0
 
 
 def attach_punctuation(words: list[Word]) -> list[Word]:

@@ -33,7 +33,7 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 
-from models.embedded.agreement import DEDUP_NGRAM, LocalAgreement, Word, normalize
+from models.embedded.agreement import LocalAgreement, Word, normalize, repeated
 from models.interfaces import UserInput
 
 RATE = 16000
@@ -72,17 +72,12 @@ class WhisperTokenizer:
         self._model: ctranslate2.models.Whisper = self._whisper.model
         # One CTranslate2 model, many sessions: passes are serialised so two turns do not halve each other's speed.
         self._lock = threading.Lock()
-        self.loop_retries = [0, 0]  # passes re-encoded, passes also decoded with a penalty: for benchmarks
 
     def open_stream(self) -> WhisperStream:
         return WhisperStream(self)
 
     def normalize(self, text: str) -> str:
         return normalize(text)
-
-    def transcribe(self, audio: np.ndarray) -> str:
-        """One pass over all of `audio`: what a stream without agreement does."""
-        return self._text(self.decode(audio, []))
 
     def decode(self, audio: np.ndarray, prompt: list[int], words: bool = False,
                abandon: Callable[[], bool] | None = None) -> Decoded:
@@ -117,7 +112,6 @@ class WhisperTokenizer:
                 if self._looping(ids, budget):
                     retries = 2  # the same encoding, a decoder that may not repeat itself
                     ids, no_speech = self._generate(features, start, budget, REPETITION_PENALTY)
-                self.loop_retries[retries - 1] += 1
             aligned: list[Word] = []
             if words and ids and no_speech <= NO_SPEECH_THRESHOLD:
                 check()
@@ -188,7 +182,6 @@ class WhisperStream:
         self._model = model
         self._agreement = LocalAgreement()
         self._abandon = False
-        self.last_decoded_samples = 0  # audio the last pass decoded: what a final pass cost
 
     def reset(self) -> None:
         self._agreement.reset()
@@ -215,7 +208,6 @@ class WhisperStream:
         cut = agreement.cut
         decoded = self._model.decode(turn_audio[cut:], agreement.prompt_tokens(), words=True,
                                      abandon=lambda: self._abandon)
-        self.last_decoded_samples = turn_audio.size - cut
         if decoded.no_speech > NO_SPEECH_THRESHOLD:
             return agreement.text([])
         words = [dataclasses.replace(w, start=w.start + cut, end=w.end + cut) for w in decoded.words]
@@ -228,25 +220,16 @@ class WhisperStream:
             agreement = self._agreement
             cut = min(agreement.cut, turn_audio.size)
             decoded = self._model.decode(turn_audio[cut:], agreement.prompt_tokens())
-            self.last_decoded_samples = turn_audio.size - cut
-            tail = self._model.text_of(decoded)
-            text = " ".join(p for p in (agreement.text([]), tail) if p)
-            text = _drop_repeat(agreement.text([]), tail, text)
+            tail = self._model.text_of(decoded).split()
+            # The tail's first words may read the committed words' last ones back (the prompt's echo).
+            tail = tail[repeated(agreement.committed_keys(), [normalize(w) for w in tail]) :]
+            text = " ".join(p for p in (agreement.text([]), " ".join(tail)) if p)
         else:
+            cut = 0
             decoded = self._model.decode(turn_audio, [])
-            self.last_decoded_samples = turn_audio.size
             text = self._model.text_of(decoded)
-        timing = {"decoded_audio_ms": round(self.last_decoded_samples * 1000 / RATE, 1),
+        timing = {"decoded_audio_ms": round((turn_audio.size - cut) * 1000 / RATE, 1),
                   "turn_audio_ms": round(turn_audio.size * 1000 / RATE, 1),
                   "work_ms": round((time.perf_counter() - started) * 1000, 1),
                   "loop_retries": decoded.retries}
         return UserInput(text=text, content=text, key=normalize(text), timing=timing)
-
-
-def _drop_repeat(committed: str, tail: str, joined: str) -> str:
-    """The tail's first words may read the committed words' last ones back (the prompt's echo): say them once."""
-    done, new = committed.split(), tail.split()
-    for n in range(min(DEDUP_NGRAM, len(done), len(new)), 0, -1):
-        if [normalize(w) for w in new[:n]] == [normalize(w) for w in done[-n:]]:
-            return " ".join([*done, *new[n:]])
-    return joined
