@@ -35,6 +35,7 @@ from benchmarks.runinfo import LoopProbe, git_commit, load_average, machine
 from benchmarks.scenarios import Scenario, ScenarioError, load_scenarios
 from benchmarks.summary import paired_deltas, percentiles, summarize_arm
 from benchmarks.transports import TRANSPORTS, TransportError, make_caller
+from benchmarks.turn_taking import cancellations, turn_pauses, turn_taking
 from benchmarks.turns import analyse_call, call_pacing
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -238,19 +239,23 @@ async def drive(args: argparse.Namespace, arms: list[Arm], scenarios: list[Scena
         bar.close()
     lag_after = sp.loop_lag(url)
     session_seconds = sum(max(0.0, r.end_t - r.start_t) for r in records if r.start_t)
+    pauses = {s.name: turn_pauses(s) for s in scenarios}
     report_arms: dict[str, Any] = {}
     for arm in arms:
         mine = [r for r in records if r.arm == arm.name]
-        turns = [{"arm": arm.name, **t} for r in mine for t in analyse_call(r)]
+        turns = [{"arm": arm.name, **t, "pauses_ms": pauses[r.scenario][t["turn"]]}
+                 for r in mine for t in analyse_call(r)]
         calls = [{"scenario": r.scenario, "session": r.session, "session_id": r.session_id, "error": r.error,
                   "connect_ms": None if r.connect_ms is None else round(r.connect_ms, 1),
                   "pacing": call_pacing(r) if r.received.times else None,
-                  "wire_transit_ms": percentiles(r.wire.transit_ms(), (50, 99)) if r.wire else None} for r in mine]
+                  "wire_transit_ms": percentiles(r.wire.transit_ms(), (50, 99)) if r.wire else None,
+                  "cancellations": cancellations(r.events)} for r in mine]
         report_arms[arm.name] = {"overrides": arm.overrides, "turns": turns, "calls": calls,
                                  "summary": summarize_arm(turns, calls)}
     return {
         "arms": report_arms,
         "paired": paired_deltas(report_arms),
+        "turn_taking": turn_taking(report_arms),
         "warmup": warmup,
         "wall_s": round(wall, 1),
         "client": {"event_loop_lag_ms": probe.summary(), "cpu_s": round(client_cpu, 2),

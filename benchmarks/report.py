@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.summary import fmt
+from benchmarks.turn_taking_report import markdown_section as turn_taking_section
+from benchmarks.turn_taking_report import plot as turn_taking_plot
 from benchmarks.turns import MARKS, STAGES
 
 MARK_LABELS = {"transcript": "transcript ready", "lm_first_token": "LM first token", "first_chunk": "first audio chunk",
@@ -32,12 +35,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def _fmt(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -51,7 +48,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"load average {m.get('load_start', '?')} → {m.get('load_end', '?')}",
         f"- server: {report.get('server', {}).get('source', '?')}; transport {report.get('transport', '?')}; "
         f"{report.get('sessions', '?')} concurrent session(s); scenarios `{report.get('scenarios', '?')}`",
-        *([f"- warm-up calls (not in the figures): v2v {', '.join(_fmt(w['v2v_ms']) for w in report['warmup'])} ms"]
+        *([f"- warm-up calls (not in the figures): v2v {', '.join(fmt(w['v2v_ms']) for w in report['warmup'])} ms"]
           if report.get("warmup") else []),
         "",
         "## Voice-to-voice (user speech end → first reply audio at the client)",
@@ -63,17 +60,17 @@ def markdown(report: dict[str, Any]) -> str:
     for name, arm in arms.items():
         s = arm["summary"]
         lines.append(
-            f"| {name} | {s['sessions']} | {s['turns']} | {s['failed_turns']} | {_fmt(s['v2v_ms']['p50'])} "
-            f"| {_fmt(s['v2v_ms']['p90'])} | {_fmt(s['v2v_ms']['p99'])} | {_fmt(s['v2v_committed_ms']['p50'])} "
-            f"| {_fmt(s['v2v_fresh_ms']['p50'])} | {_fmt(s['commit_rate'], 2)} | {_fmt(s['saved_ms']['p50'])} "
-            f"| {_fmt(s['wasted_token_ratio'], 2)} | {_fmt(s['late_frame_ratio'], 4)} | {s['false_turn_ends']} |"
+            f"| {name} | {s['sessions']} | {s['turns']} | {s['failed_turns']} | {fmt(s['v2v_ms']['p50'])} "
+            f"| {fmt(s['v2v_ms']['p90'])} | {fmt(s['v2v_ms']['p99'])} | {fmt(s['v2v_committed_ms']['p50'])} "
+            f"| {fmt(s['v2v_fresh_ms']['p50'])} | {fmt(s['commit_rate'], 2)} | {fmt(s['saved_ms']['p50'])} "
+            f"| {fmt(s['wasted_token_ratio'], 2)} | {fmt(s['late_frame_ratio'], 4)} | {s['false_turn_ends']} |"
         )
     for pair, d in report.get("paired", {}).items():
         lines.append("")
-        lines.append(f"Paired by turn, **{pair}**: v2v median {_fmt(d['v2v_delta_ms']['p50'])} ms "
-                     f"(p90 {_fmt(d['v2v_delta_ms']['p90'])}, {d['v2v_delta_ms']['n']} turns); on the turns the "
+        lines.append(f"Paired by turn, **{pair}**: v2v median {fmt(d['v2v_delta_ms']['p50'])} ms "
+                     f"(p90 {fmt(d['v2v_delta_ms']['p90'])}, {d['v2v_delta_ms']['n']} turns); on the turns the "
                      f"first arm answered with a committed draft: median "
-                     f"{_fmt(d['v2v_delta_where_first_committed_ms']['p50'])} ms "
+                     f"{fmt(d['v2v_delta_where_first_committed_ms']['p50'])} ms "
                      f"({d['v2v_delta_where_first_committed_ms']['n']} turns).")
     lines += [
         "",
@@ -90,9 +87,9 @@ def markdown(report: dict[str, Any]) -> str:
     for name, arm in arms.items():
         s = arm["summary"]
         i, o, a = s["engine_inbound_ms"], s["engine_outbound_ms"], s["outbound_audible_ms"]
-        lines.append(f"| {name} | {_fmt(i['p50'], 1)} | {_fmt(i['p95'], 1)} | {_fmt(o['p50'], 1)} "
-                     f"| {_fmt(o['p95'], 1)} | {_fmt(a['p50'], 1)} | {_fmt(a['p95'], 1)} "
-                     f"| {_fmt(s['wire_transit_p99_ms'], 1)} |")
+        lines.append(f"| {name} | {fmt(i['p50'], 1)} | {fmt(i['p95'], 1)} | {fmt(o['p50'], 1)} "
+                     f"| {fmt(o['p95'], 1)} | {fmt(a['p50'], 1)} | {fmt(a['p95'], 1)} "
+                     f"| {fmt(s['wire_transit_p99_ms'], 1)} |")
     lines += [
         "",
         "inbound = last speech frame sent by the client → end-of-turn decision − end_of_turn_ms; outbound = first "
@@ -109,12 +106,13 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for name, arm in arms.items():
         s = arm["summary"]
-        stages = " | ".join(_fmt(s["stages_ms"][k]) for k in STAGES)
-        lines.append(f"| {name} | {stages} | {_fmt(s['asr_ms']['p50'])} | {_fmt(s['lm_first_token_ms']['p50'])} "
-                     f"| {_fmt(s['decoder_first_chunk_ms']['p50'])} | {_fmt(s['vad_stop_ms']['p50'])} |")
+        stages = " | ".join(fmt(s["stages_ms"][k]) for k in STAGES)
+        lines.append(f"| {name} | {stages} | {fmt(s['asr_ms']['p50'])} | {fmt(s['lm_first_token_ms']['p50'])} "
+                     f"| {fmt(s['decoder_first_chunk_ms']['p50'])} | {fmt(s['vad_stop_ms']['p50'])} |")
     lines += ["", "Stages are cut on the critical path, so a stage a committed draft finished early counts 0; "
               "*work* columns are the stage's own duration wherever it ran.", ""]
     lines += _marks_section(arms)
+    lines += turn_taking_section(report)
     lines += _server_section(report)
     lines += _turn_table(arms)
     return "\n".join(lines) + "\n"
@@ -127,12 +125,12 @@ def _marks_section(arms: dict[str, Any]) -> list[str]:
     for name, arm in arms.items():
         s = arm["summary"]
         marks = s.get("from_speech_end_ms", {})
-        cells = [" / ".join(_fmt(marks.get(k, {}).get(q)) for q in ("p50", "p95", "p100")) for k in MARKS]
+        cells = [" / ".join(fmt(marks.get(k, {}).get(q)) for q in ("p50", "p95", "p100")) for k in MARKS]
         asr = s.get("asr_final", {})
-        extra = [" / ".join(_fmt(asr.get(k, {}).get(q)) for q in ("p50", "p95", "p100"))
+        extra = [" / ".join(fmt(asr.get(k, {}).get(q)) for q in ("p50", "p95", "p100"))
                  for k in ("queued_ms", "work_ms", "decoded_audio_ms")]
         wer = s.get("wer")
-        pct = _fmt(wer * 100 if wer is not None else None, 1)
+        pct = fmt(wer * 100 if wer is not None else None, 1)
         lines.append(f"| {name} | " + " | ".join(cells + extra) + f" | {pct} % |")
     lines += ["", "Each mark is when that result existed, on the client's clock, wherever it was computed (a draft "
               "may have it before the end of turn). *transcript*: the tokenizer's final pass finished. "
@@ -152,8 +150,8 @@ def _server_section(report: dict[str, Any]) -> list[str]:
         "| RSS per session MiB | loop lag max ms (per worker) |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| {len(proc['pids'])} | {proc['wall_s']} | {proc['cpu_s']} | {proc['cpu_cores_used']} "
-        f"| {_fmt(proc['cpu_per_session_core'], 3)} | {proc['rss_start_mib']} | {proc['rss_peak_mib']} "
-        f"| {_fmt(proc['rss_per_session_mib'], 1)} | {', '.join(f'{v:.0f}' for v in lag.values()) or '–'} |",
+        f"| {fmt(proc['cpu_per_session_core'], 3)} | {proc['rss_start_mib']} | {proc['rss_peak_mib']} "
+        f"| {fmt(proc['rss_per_session_mib'], 1)} | {', '.join(f'{v:.0f}' for v in lag.values()) or '–'} |",
         "",
     ]
     return lines
@@ -170,10 +168,10 @@ def _turn_table(arms: dict[str, Any]) -> list[str]:
                         "|||||||||", ""]
             status = "ok" if t.get("ok") else f"**{t.get('error')}**"
             lines.append(
-                f"| {name} | {t['scenario']} | {t['session']} | {t['turn']} | {_fmt(t.get('v2v_ms'))} "
+                f"| {name} | {t['scenario']} | {t['session']} | {t['turn']} | {fmt(t.get('v2v_ms'))} "
                 f"| {'yes' if t.get('committed') else 'no'} | {t.get('drafts_started', 0)} "
-                f"({t.get('drafts_discarded', 0)}) | {_fmt(t.get('engine_inbound_ms'), 1)} "
-                f"| {_fmt(t.get('engine_outbound_ms'), 1)} | {_fmt(t.get('reply_ms'))} | {status} |"
+                f"({t.get('drafts_discarded', 0)}) | {fmt(t.get('engine_inbound_ms'), 1)} "
+                f"| {fmt(t.get('engine_outbound_ms'), 1)} | {fmt(t.get('reply_ms'))} | {status} |"
             )
             rows += 1
     return [*lines, ""]
@@ -242,4 +240,4 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     paths.append(out / "stage_distribution.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
-    return paths
+    return paths + turn_taking_plot(report, out)

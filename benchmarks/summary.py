@@ -10,6 +10,15 @@ import numpy as np
 from benchmarks.turns import MARKS, STAGES
 
 
+def fmt(value: Any, digits: int = 0) -> str:
+    """A figure for a report table: "–" where there is none."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
 def percentiles(values: Iterable[float | None], qs: Sequence[int] = (50, 90, 99)) -> dict[str, float | int | None]:
     xs = np.asarray([v for v in values if v is not None], np.float64)
     out: dict[str, float | int | None] = {"n": int(xs.size)}

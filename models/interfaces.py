@@ -12,7 +12,7 @@ their decode loop in a thread) and must stop its work promptly when the iterator
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -114,6 +114,10 @@ class VoiceActivityDetector(Protocol):
     def open_stream(self) -> VadStream: ...
 
 
+class PassStopped(Exception):
+    """A tokenizer pass stopped early because its `stop` said so: nobody wants its result any more."""
+
+
 class TokenizerStream(Protocol):
     """Per-session state of the streaming fixed-segment tokenizer (the ASR, for text stacks).
 
@@ -126,7 +130,10 @@ class TokenizerStream(Protocol):
         """`turn_audio` is the whole turn so far (16 kHz float32), grown by one segment; returns a hypothesis."""
         ...
 
-    def finalize(self, turn_audio: np.ndarray) -> UserInput: ...
+    def finalize(self, turn_audio: np.ndarray, stop: Callable[[], bool] | None = None) -> UserInput:
+        """The input for the turn's audio. `stop` may be asked between the pass's steps; when it says True the
+        pass may raise PassStopped (a discarded draft's pass: the caller went on)."""
+        ...
 
     def reset(self) -> None: ...
 
@@ -143,6 +150,18 @@ class SpeechTokenizer(Protocol):
 
     def normalize(self, text: str) -> str:
         """Comparison key for commit: case, punctuation and spacing removed."""
+        ...
+
+
+class TurnDetector(Protocol):
+    """How likely it is that the caller has finished their turn (semantic end of turn).
+
+    Called at a pause with the turn's audio up to the speech end; the controller fuses the score with the
+    silence so far (`[session] turn_detection = "semantic"`).
+    """
+
+    def probability(self, turn_audio: np.ndarray) -> float:
+        """`turn_audio`: 16 kHz float32 mono, the turn from its start to the caller's speech end. In [0, 1]."""
         ...
 
 
@@ -175,5 +194,7 @@ class ModelStack:
     tokenizer: SpeechTokenizer
     lm: LanguageModel
     tts: SpeechSynthesizer
+    # Semantic end of turn; None: the stack decides by silence alone.
+    turn: TurnDetector | None = None
     # Extra facts a stack wants in /healthz (model files, versions).
     info: dict[str, Any] = field(default_factory=dict)

@@ -9,7 +9,7 @@ after the step in flight: when the `async for` has unwound, the model has stoppe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -22,15 +22,22 @@ def stage_executor(name: str) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"parley-{name}")
 
 
-async def iterate_in_thread(gen: Iterator[T], executor: Executor) -> AsyncIterator[T]:
+async def iterate_in_thread(gen: Iterator[T], executor: Executor, interrupt: Callable[[], None] | None = None
+                            ) -> AsyncIterator[T]:
+    """`gen` stepped on `executor`. Closed early (cancelled), it is closed on its thread after the step in flight;
+    `interrupt`, if given, is called first (from the event loop) to cut that step short."""
     loop = asyncio.get_running_loop()
+    exhausted = False
     try:
         while True:
             item = await loop.run_in_executor(executor, next, gen, _DONE)
             if item is _DONE:
+                exhausted = True
                 return
             yield item  # type: ignore[misc]
     finally:
+        if not exhausted and interrupt is not None:
+            interrupt()
         close = getattr(gen, "close", None)
         if close is not None:
             # Shielded: a second cancellation must not leave the generator open on its thread.

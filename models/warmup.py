@@ -3,7 +3,8 @@
 A model that loads but cannot run (a llama.cpp build that faults on this CPU, a truncated file, a missing ONNX
 operator) must stop start-up with its name on the error, not fail the first caller. So the warm-up goes through
 the stages a call uses, in the order a call uses them: the VAD on a frame, the TTS on a sentence, the tokenizer on
-that sentence's audio (one real ASR pass), and, in the engine, one LM decode with the real system prompt.
+that sentence's audio (one real ASR pass), the turn detector (where the stack has one) on the same turn, and, in the
+engine, one LM decode with the real system prompt.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def timed(report: WarmUpReport, stack: ModelStack, stage: str, fn: Callable[[], 
 
 
 def warm_up_audio_stages(stack: ModelStack) -> WarmUpReport:
-    """VAD, TTS and ASR once each (blocking: run it in an executor). The LM is warmed by the engine."""
+    """VAD, TTS, ASR and the turn detector once each (blocking: run it in an executor). The LM is warmed by the
+    engine."""
     report = WarmUpReport()
     timed(report, stack, "vad",
           lambda: stack.vad.open_stream().probability(np.zeros(stack.vad.frame_samples, np.float32)))
@@ -69,4 +71,7 @@ def warm_up_audio_stages(stack: ModelStack) -> WarmUpReport:
     tail = np.zeros(ENGINE_RATE // 4, np.float32)  # the pause that ends a turn
     turn = np.concatenate([resample(speech, stack.tts.sample_rate, ENGINE_RATE), tail])
     report.transcript = timed(report, stack, "asr", lambda: stack.tokenizer.open_stream().finalize(turn)).text
+    detector = stack.turn
+    if detector is not None:
+        timed(report, stack, "turn", lambda: detector.probability(turn))
     return report

@@ -113,8 +113,20 @@ class SessionConfig:
     clone_text: str = ""
     # Silence (ms after the last speech frame) that starts a speculative draft.
     speculate_after_ms: int = 200
-    # Silence that ends the user's turn.
+    # Silence that ends the user's turn (turn_detection "silence"; "semantic" falls back to it while the
+    # turn's score is not in yet).
     end_of_turn_ms: int = 700
+    # How the end of a turn is decided: "silence" (end_of_turn_ms of it) or "semantic" (a model scores whether
+    # the caller has finished; confident ends are answered after a short silence, unfinished sentences wait up
+    # to max_end_of_turn_ms). See realtime/endpointing.py.
+    turn_detection: Literal["silence", "semantic"] = "semantic"
+    # Semantic turn detection: how readily a pause counts as the end of a turn (OpenAI's semantic_vad values).
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    # Semantic turn detection: the longest silence an unfinished-sounding turn is waited for.
+    max_end_of_turn_ms: int = 2500
+    # Speech within this long of a reply's start (after barge_in_ms of it) means the turn had not ended: the
+    # reply is dropped and both parts become one user turn. 0 = such speech is an ordinary barge-in.
+    resume_window_ms: int = 1000
     speculation: bool = True
     max_drafts_per_turn: int = 4
     # Speech needed while the assistant talks before it counts as barge-in (echo/noise guard).
@@ -369,6 +381,9 @@ def check_session(s: SessionConfig, where: str = "session") -> SessionConfig:
             f"[{where}].speculate_after_ms ({s.speculate_after_ms}) must be below "
             f"end_of_turn_ms ({s.end_of_turn_ms})"
         )
+    # max_end_of_turn_ms below end_of_turn_ms is not an error: the wait is never shorter than end_of_turn_ms.
+    if s.max_end_of_turn_ms <= 0 or s.resume_window_ms < 0:
+        raise ConfigError(f"[{where}] max_end_of_turn_ms must be > 0 and resume_window_ms >= 0")
     if not 0.0 < s.vad_threshold < 1.0:
         raise ConfigError(f"[{where}].vad_threshold must be between 0 and 1, got {s.vad_threshold}")
     if not 0.5 <= s.speed <= 2.0:

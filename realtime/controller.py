@@ -20,14 +20,20 @@ Transitions:
     PAUSED        --speech_started-->                          USER_SPEAKING  (same turn)
     PAUSED        --silence >= speculate_after_ms, drafts left-> DRAFTING     (speculation.started)
     DRAFTING      --speech_started-->                          USER_SPEAKING  (speculation.discarded)
-    PAUSED        --silence >= end_of_turn_ms-->               RESPONDING     (fresh response)
-    DRAFTING      --silence >= end_of_turn_ms, same input-->   RESPONDING     (speculation.committed)
-    DRAFTING      --silence >= end_of_turn_ms, input differs-> RESPONDING     (discarded, fresh response)
+    PAUSED        --silence >= needed-->                       RESPONDING     (fresh response)
+    DRAFTING      --silence >= needed, same input-->           RESPONDING     (speculation.committed)
+    DRAFTING      --silence >= needed, input differs-->        RESPONDING     (discarded, fresh response)
     PAUSED/DRAFTING --end of turn, empty transcript-->         LISTENING
     RESPONDING    --audio played and generation done-->        LISTENING      (response.done)
     RESPONDING    --speech for >= barge_in_ms-->               USER_SPEAKING  (barge-in: audio stopped, context
                                                                                truncated to what was heard)
+    RESPONDING    --speech for >= barge_in_ms, within          USER_SPEAKING  (false end of turn: the reply is
+                    resume_window_ms of the commit-->                         dropped, both parts are one turn)
     RESPONDING    --response.cancel from the client-->         LISTENING
+
+The silence a pause needs ("needed") is end_of_turn_ms, or with semantic turn detection what the turn's score
+asks for (realtime/endpointing.py): at each speech stop the controller asks for a score (`ScoreTurn`) and the
+session hands it back (`turn_scored`).
 
 Client-driven turns (OpenAI Realtime's `turn_detection: null`, `conversation.item.create`, `response.create`):
 
@@ -53,6 +59,7 @@ from models.interfaces import Message, Role, ToolCall, ToolSpec, UserInput
 from realtime import events
 from realtime.config import SessionConfig
 from realtime.context import ContextManager
+from realtime.endpointing import silence_needed_ms
 from realtime.sentences import heard_prefix
 
 
@@ -90,6 +97,13 @@ class Transcribe:
     end_sample: int
     gen_id: str | None = None
     start_sample: int | None = None
+
+
+@dataclass(frozen=True)
+class ScoreTurn:
+    """Score how likely it is that the caller has finished, from the open turn's audio up to `end_sample`."""
+
+    end_sample: int
 
 
 @dataclass(frozen=True)
@@ -159,8 +173,8 @@ class Prefill:
 
 
 Effect = (
-    OpenTurn | CloseTurn | Transcribe | Generate | EndGeneration | CancelGeneration | ReleaseAudio | StopPlayout
-    | RunTool | CancelTool | Speak | Send | Prefill
+    OpenTurn | CloseTurn | Transcribe | ScoreTurn | Generate | EndGeneration | CancelGeneration | ReleaseAudio
+    | StopPlayout | RunTool | CancelTool | Speak | Send | Prefill
 )
 
 
@@ -179,6 +193,9 @@ class Turn:
     wasted_tokens: int = 0
     final_input_id: str | None = None
     ended_ms: float | None = None  # the end-of-turn decision
+    # The semantic score of the pause at `end_sample` (None inside: no model); unset until it is in.
+    score: tuple[int, float | None] | None = None
+    previous_item_id: str | None = None  # the conversation item before this turn's, once it is in the history
     respond: bool = True  # False: the turn only enters the history (create_response off)
 
 
@@ -220,6 +237,7 @@ class Gen:
     client_call: ToolCall | None = None  # a call the client runs: the response ends with it
     prompt_tokens: int = 0
     cancel_requested_ms: float | None = None
+    dropped: bool = False  # a false end of turn: nothing of it enters the history
 
     @property
     def committed(self) -> bool:
@@ -233,6 +251,7 @@ class Stats:
     drafts_discarded: int = 0
     responses: int = 0
     barge_ins: int = 0
+    turns_resumed: int = 0  # replies dropped because the caller went on (false ends of turn)
     saved_ms: list[float] = field(default_factory=list)
     tokens_total: int = 0
     tokens_wasted: int = 0
@@ -265,6 +284,7 @@ class Stats:
             "draft_cancel_latency_ms": dist(self.draft_cancel_latency_ms),
             "voice_to_voice_ms": dist(self.voice_to_voice_ms),
             "barge_ins": self.barge_ins,
+            "turns_resumed": self.turns_resumed,
         }
 
 
@@ -328,10 +348,25 @@ class Controller:
             self._set(State.PAUSED)
             self._send("input_audio_buffer.speech_stopped", item_id=self.turn.item_id, audio_end_ms=speech_end_ms,
                        audio_end_sample=end_sample)
+            if self.settings.turn_detection == "semantic" and self.settings.create_response:
+                self._emit(ScoreTurn(end_sample))
             self._timers(now)
         elif self.state == State.RESPONDING and self._barge_start is not None:
             # Too short to be a barge-in: echo, a cough or a back-channel "mm-hm". The reply goes on.
             self._barge_start = None
+        return self._flush()
+
+    def turn_scored(self, now: float, end_sample: int, probability: float | None) -> list[Effect]:
+        """The semantic score of the pause at `end_sample` (None: no model, or it failed)."""
+        turn = self.turn
+        if turn is None or turn.end_sample != end_sample or self.state not in (State.PAUSED, State.DRAFTING):
+            return []  # the caller spoke again: that pause is no longer the one to decide
+        turn.score = (end_sample, probability)
+        if probability is not None:
+            self._send("turn.scored", item_id=turn.item_id, probability=round(probability, 3),
+                       silence_needed_ms=round(self._silence_needed(turn)), scored_ms=now,
+                       silence_ms=round(now - turn.speech_end_ms, 1) if turn.speech_end_ms is not None else None)
+        self._timers(now)
         return self._flush()
 
     def tick(self, now: float) -> list[Effect]:
@@ -417,17 +452,24 @@ class Controller:
         self._tool_done(gen, now, result, timed_out=False)
         return self._flush()
 
-    def generation_finished(self, now: float, gen_id: str, error: str | None = None) -> list[Effect]:
+    def generation_finished(self, now: float, gen_id: str, error: str | None = None,
+                            waited_ms: dict[str, float] | None = None) -> list[Effect]:
+        """The generation's work has ended; for a cancelled one, `waited_ms` says what the stop waited for."""
         gen = self._gens.get(gen_id)
         if gen is None:
             return []
         if gen.cancel_requested_ms is not None:
             # The work has actually stopped: that is the cancellation latency the brief asks us to measure.
-            self.stats.cancel_latency_ms.append(now - gen.cancel_requested_ms)
-            if gen.speculative and gen.committed_ms is None:
-                self.stats.draft_cancel_latency_ms.append(now - gen.cancel_requested_ms)
+            latency = now - gen.cancel_requested_ms
+            draft = gen.speculative and gen.committed_ms is None
+            self.stats.cancel_latency_ms.append(latency)
+            if draft:
+                self.stats.draft_cancel_latency_ms.append(latency)
             del self._gens[gen_id]
-            return []
+            self._send("generation.stopped", gen_id=gen_id, response_id=gen.response_id, draft=draft,
+                       cancel_latency_ms=round(latency, 1),
+                       waited_ms={k: round(v, 1) for k, v in (waited_ms or {}).items()})
+            return self._flush()
         gen.lm_done = True
         if error:
             self._send_error("server_error", f"generation failed: {error}")
@@ -447,7 +489,7 @@ class Controller:
     def playout_stopped(self, now: float, gen_id: str, played_ms: float) -> list[Effect]:
         """After StopPlayout: how much of this generation's audio the user heard."""
         gen = self._gens.get(gen_id)
-        if gen is None:
+        if gen is None or gen.dropped:
             return []
         segment = gen.pieces[gen.segment_first_piece :]
         before = sum(ms for _, ms, _ in gen.pieces[: gen.segment_first_piece])
@@ -537,7 +579,7 @@ class Controller:
         if self.state in (State.PAUSED, State.DRAFTING) and turn is not None and turn.speech_end_ms is not None:
             if self._may_speculate():
                 times.append(turn.speech_end_ms + s.speculate_after_ms)
-            times.append(turn.speech_end_ms + s.end_of_turn_ms)
+            times.append(turn.speech_end_ms + self._silence_needed(turn))
         if self._barge_start is not None:
             times.append(self._barge_start[0] + s.barge_in_ms)
         if self.response is not None and self.response.tool is not None:
@@ -597,12 +639,17 @@ class Controller:
         turn = self.turn
         if self.state in (State.PAUSED, State.DRAFTING) and turn is not None and turn.speech_end_ms is not None:
             silence = now - turn.speech_end_ms
-            if silence >= s.end_of_turn_ms:
+            if silence >= self._silence_needed(turn):
                 self._end_of_turn(now)
             elif silence >= s.speculate_after_ms and self._may_speculate():
                 self._start_draft(now)
         self._check_barge_in(now)
         self._check_tool(now)
+
+    def _silence_needed(self, turn: Turn) -> float:
+        score = turn.score
+        probability = score[1] if score is not None and score[0] == turn.end_sample else None
+        return silence_needed_ms(self.settings, probability)
 
     def _start_draft(self, now: float) -> None:
         turn = self.turn
@@ -713,6 +760,7 @@ class Controller:
         assert turn is not None
         self.context.add_user(user_input, item_id=turn.item_id)
         self._send("input_audio_buffer.committed", item_id=turn.item_id, previous_item_id=self._last_item_id)
+        turn.previous_item_id = self._last_item_id
         self._last_item_id = turn.item_id
         self._send("conversation.item.input_audio_transcription.completed", item_id=turn.item_id,
                    transcript=user_input.text, audio_ms=round(max(0, turn.end_sample - turn.start_sample) / 16.0))
@@ -754,12 +802,45 @@ class Controller:
             self._set(State.USER_SPEAKING)
             self._send("input_audio_buffer.speech_started", item_id=turn.item_id, audio_start_ms=started)
             return
+        if gen is not None and turn is not None and self._resumes(gen, started):
+            self._resume_turn(gen, turn, now, started)
+            return
         self.stats.barge_ins += 1
         if gen is not None:
             self._interrupt(gen, now, "cancelled", reason="turn_detected")
         # The interrupting speech is the start of the next user turn.
         self.turn = None
         self._open_turn(started, sample)
+
+    def _resumes(self, gen: Gen, speech_start: float) -> bool:
+        """Speech this soon after the commit continues the caller's turn: the end of turn was false."""
+        window = self.settings.resume_window_ms
+        return (
+            window > 0 and gen.committed_ms is not None and speech_start - gen.committed_ms <= window
+            # A reply that ran a tool changed the history beyond its own words; it stands, and this is a barge-in.
+            and gen.tool is None and gen.client_call is None and gen.segment_first_piece == 0
+        )
+
+    def _resume_turn(self, gen: Gen, turn: Turn, now: float, speech_start: float) -> None:
+        """Drop the reply and the turn it answered from the history; the caller's turn goes on from its start."""
+        self.stats.turns_resumed += 1
+        gen.dropped = True
+        self._interrupt(gen, now, "cancelled", reason="turn_resumed")
+        for item_id in (turn.item_id, gen.item_id):  # the caller's first part, and the reply (never stored)
+            self.context.delete(item_id)
+            self._send("conversation.item.deleted", item_id=item_id)
+        if self._last_item_id == turn.item_id:
+            self._last_item_id = turn.previous_item_id
+        merged = Turn(item_id=self._id("item"), start_sample=turn.start_sample,
+                      speech_started_ms=turn.speech_started_ms)
+        self.turn = merged
+        self._emit(OpenTurn(turn.start_sample))
+        self._set(State.USER_SPEAKING)
+        self._send("turn.resumed", item_id=merged.item_id, merged_item_id=turn.item_id,
+                   response_id=gen.response_id, resumed_ms=speech_start,
+                   after_commit_ms=round(speech_start - (gen.committed_ms or speech_start), 1))
+        self._send("input_audio_buffer.speech_started", item_id=merged.item_id, audio_start_ms=speech_start,
+                   audio_start_sample=turn.start_sample)
 
     def _interrupt(self, gen: Gen, now: float, status: str, reason: str) -> None:
         self._emit(StopPlayout(gen.id))  # the session answers with playout_stopped(played_ms)
@@ -836,7 +917,10 @@ class Controller:
             "drafts_discarded": turn.discarded if turn is not None else 0,
             "draft_tokens_wasted": turn.wasted_tokens if turn is not None else 0,
             "tokens": gen.tokens,
-            "end_of_turn_ms": self.settings.end_of_turn_ms,
+            # The silence this turn's end needed (end_of_turn_ms, or what its semantic score asked for).
+            "end_of_turn_ms": round(self._silence_needed(turn)) if turn is not None else self.settings.end_of_turn_ms,
+            "end_of_turn_probability": (None if turn is None or turn.score is None or turn.score[1] is None
+                                        else round(turn.score[1], 3)),
             "speculate_after_ms": self.settings.speculate_after_ms,
         }
 

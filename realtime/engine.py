@@ -44,6 +44,7 @@ class Engine:
         # Shared by every session; a caller's final pass goes before anyone's partial pass.
         self.asr_executor = PriorityExecutor("asr")
         self.tts_executor: ThreadPoolExecutor = stage_executor("tts")
+        self.turn_executor: ThreadPoolExecutor = stage_executor("turn")  # semantic end-of-turn scores
         self.sessions: dict[str, Session] = {}
         self.recent_summaries: deque[dict[str, Any]] = deque(maxlen=50)
         self.started_at = time.time()
@@ -181,5 +182,5 @@ class Engine:
         aclose = getattr(self._stack.lm, "aclose", None) if self._stack is not None else None
         if aclose is not None:
             await aclose()
-        for pool in (self.vad_executor, self.asr_executor, self.tts_executor):
+        for pool in (self.vad_executor, self.asr_executor, self.tts_executor, self.turn_executor):
             pool.shutdown(wait=False, cancel_futures=True)

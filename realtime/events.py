@@ -22,6 +22,10 @@ SERVER_EVENTS = (
     "speculation.started",
     "speculation.discarded",
     "speculation.committed",
+    "turn.scored",  # semantic turn detection: how finished the pause sounds, and the silence it now needs
+    "turn.resumed",  # a false end of turn: the reply was dropped, the caller's turn goes on as one item
+    "conversation.item.deleted",  # an item left the conversation (the parts of a resumed turn)
+    "generation.stopped",  # a cancelled draft or reply's work has actually stopped: cancel_latency_ms
     "response.created",
     "response.audio_transcript.delta",
     "response.function_call.started",

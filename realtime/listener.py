@@ -11,13 +11,21 @@ import asyncio
 import bisect
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 
-from models.interfaces import SpeechTokenizer, TokenizerStream, UserInput, VadStream, VoiceActivityDetector
+from models.interfaces import (
+    PassStopped,
+    SpeechTokenizer,
+    TokenizerStream,
+    UserInput,
+    VadStream,
+    VoiceActivityDetector,
+)
 from models.priority_executor import BACKGROUND, URGENT, PriorityExecutor
 from realtime.audio import ENGINE_RATE, AudioRing
 
@@ -153,6 +161,7 @@ class Listener:
         self._turn_start: int | None = None
         # Final passes by end sample: started early (at the speech stop) and reused by the draft/end of turn.
         self._passes: dict[int, asyncio.Future[UserInput]] = {}
+        self._stops: dict[int, threading.Event] = {}  # per final pass: set when nobody wants its words any more
         self._next_segment = 0
         self._segment_task: asyncio.Future[str] | None = None
         self._partials = 0  # bumped when a final pass abandons the partial pass in flight
@@ -181,13 +190,17 @@ class Listener:
     def open_turn(self, start_sample: int) -> None:
         start = max(self._audio.start, start_sample - PREROLL_MS * ENGINE_RATE // 1000)
         self._turn_start = start
-        self._passes.clear()
+        self._forget_passes()
         self._next_segment = start + self._segment_samples
         self._tokenizer.reset()
 
     def close_turn(self) -> None:
         self._turn_start = None
+        self._forget_passes()
+
+    def _forget_passes(self) -> None:
         self._passes.clear()
+        self._stops.clear()
 
     def turn_audio(self, end_sample: int) -> np.ndarray:
         start = self._turn_start if self._turn_start is not None else end_sample
@@ -205,9 +218,19 @@ class Listener:
                 # A partial pass still queued will not start; one running is stopped by the executor's preempt
                 # hook when this urgent pass is submitted.
                 self._partials += 1
-            fut = self._urgent(self._tokenizer, self.turn_audio(end_sample))
+            stop = threading.Event()
+            fut = self._urgent(self._tokenizer, self.turn_audio(end_sample), stop.is_set)
             self._passes[end_sample] = fut
+            self._stops[end_sample] = stop
         return fut
+
+    def drop_pass(self, end_sample: int) -> None:
+        """Nobody wants the final pass up to `end_sample` (the caller went on): it stops at its next step, or
+        never starts, and raises PassStopped. A later final_pass for this span starts a fresh one."""
+        stop = self._stops.pop(end_sample, None)
+        self._passes.pop(end_sample, None)
+        if stop is not None:
+            stop.set()
 
     def span_pass(self, start_sample: int, end_sample: int) -> asyncio.Future[UserInput]:
         """One tokenizer pass over exactly [start_sample, end_sample): audio a client committed itself."""
@@ -215,13 +238,16 @@ class Listener:
         # A stream of its own: what the turn's stream agreed on belongs to other audio.
         return self._urgent(self._tokenizer_model.open_stream(), audio)
 
-    def _urgent(self, stream: TokenizerStream, audio: np.ndarray) -> asyncio.Future[UserInput]:
+    def _urgent(self, stream: TokenizerStream, audio: np.ndarray, stop: Callable[[], bool] | None = None
+                ) -> asyncio.Future[UserInput]:
         clock = self._clock
         queued = clock() if clock is not None else 0.0
 
         def run() -> UserInput:
+            if stop is not None and stop():
+                raise PassStopped  # dropped while it waited for the thread
             started = clock() if clock is not None else 0.0
-            result = stream.finalize(audio)
+            result = stream.finalize(audio, stop)
             if clock is None:
                 return result
             # When the words were ready, on the session's clock: a draft may ask for them only later.

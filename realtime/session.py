@@ -20,13 +20,13 @@ import logging
 import secrets
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from models.interfaces import GenerationOptions, Role, ToolSpec, UserInput, VoiceSettings
+from models.interfaces import GenerationOptions, PassStopped, Role, ToolSpec, UserInput, VoiceSettings
 from realtime import controller as ctl
 from realtime import events, metrics
 from realtime.config import ConfigError, SessionConfig, with_session_overrides
@@ -81,7 +81,8 @@ class Session:
         )
         self._responses: dict[str, Response] = {}
         self._released: set[str] = set()  # gen_ids whose audio may play (committed drafts, plain responses)
-        self._transcriptions: dict[str, asyncio.Future[Any]] = {}  # by owning gen_id
+        # By owning gen_id: the pass, and the end sample of its span (a cancelled draft's pass is dropped).
+        self._transcriptions: dict[str, tuple[asyncio.Future[Any], int]] = {}
         self._tools: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._prefill: asyncio.Task[None] | None = None
@@ -291,6 +292,8 @@ class Session:
                     self.listener.close_turn()
                 case ctl.Transcribe():
                     self._transcribe(effect)
+                case ctl.ScoreTurn(end_sample=end_sample):
+                    self._score_turn(end_sample)
                 case ctl.EndGeneration(gen_id=gen_id):
                     if gen_id in self._responses:
                         self._responses[gen_id].resume(None)
@@ -329,7 +332,7 @@ class Session:
         else:
             fut = self.listener.final_pass(effect.end_sample)
         if effect.gen_id is not None:
-            self._transcriptions[effect.gen_id] = fut
+            self._transcriptions[effect.gen_id] = (fut, effect.end_sample)
 
         def done(f: asyncio.Future[Any]) -> None:
             if effect.gen_id is not None:
@@ -337,6 +340,8 @@ class Session:
             if f.cancelled():
                 return
             exc = f.exception()
+            if isinstance(exc, PassStopped) and effect.gen_id is not None:
+                return  # dropped: its draft was cancelled, and nothing waits for these words
             if exc is not None:
                 log.error("session %s: transcription failed: %s", self.id, exc)
                 self._emit_event(events.error("server_error", f"transcription failed: {exc}"))
@@ -344,6 +349,25 @@ class Session:
             else:
                 result = f.result()
             self._post(lambda now: self.controller.input_ready(now, effect.input_id, result))
+
+        fut.add_done_callback(done)
+
+    def _score_turn(self, end_sample: int) -> None:
+        detector = self.engine.stack.turn
+        if detector is None:  # the stack has no turn model: the silence rule decides
+            self._post(lambda now: self.controller.turn_scored(now, end_sample, None))
+            return
+        audio = self.listener.turn_audio(end_sample)
+        fut = asyncio.get_running_loop().run_in_executor(self.engine.turn_executor, detector.probability, audio)
+
+        def done(f: asyncio.Future[float]) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                log.error("session %s: end-of-turn scoring failed: %s", self.id, exc)
+            probability = None if exc is not None else float(f.result())
+            self._post(lambda now: self.controller.turn_scored(now, end_sample, probability))
 
         fut.add_done_callback(done)
 
@@ -357,8 +381,8 @@ class Session:
             log.debug("session %s: LM prefill failed: %s", self.id, exc)
 
     def _generate(self, effect: ctl.Generate) -> None:
-        if self._prefill is not None and not self._prefill.done():
-            self._prefill.cancel()  # a real generation needs the LM now; it keeps what was prefilled so far
+        # A prefill still running is left to finish (the LM takes one stream at a time): its prompt is this
+        # generation's prefix, so its work is reused, where cancelling it would abort its llama.cpp call and lose it.
         existing = self._responses.get(effect.gen_id)
         if existing is not None:
             existing.resume(effect.messages)
@@ -381,16 +405,29 @@ class Session:
         response.start(effect.messages)
 
     async def _cancel_generation(self, gen_id: str) -> None:
-        pending: list[Any] = []
+        waited: dict[str, float] = {}  # what the stop waited for, and how long: where cancellation time goes
+        started = self.now_ms()
+
+        async def timed(part: str, work: Awaitable[Any]) -> None:
+            try:
+                await work
+            except Exception:  # only the time matters here; the work's own error was reported where it ran
+                pass
+            waited[part] = self.now_ms() - started
+
+        pending: list[Awaitable[None]] = []
         transcription = self._transcriptions.get(gen_id)
         if transcription is not None:
-            pending.append(asyncio.shield(transcription))  # a tokenizer pass cannot be interrupted: wait it out
+            # Its span is stale (the caller went on, or the call ended): the pass stops at its next step.
+            fut, end_sample = transcription
+            self.listener.drop_pass(end_sample)
+            pending.append(timed("asr", asyncio.shield(fut)))
         response = self._responses.pop(gen_id, None)
         self._released.discard(gen_id)
         if response is not None:
-            pending.append(response.cancel())
+            pending.append(timed("lm_tts", response.cancel()))
         await asyncio.gather(*pending, return_exceptions=True)
-        self._post(lambda now: self.controller.generation_finished(now, gen_id))
+        self._post(lambda now: self.controller.generation_finished(now, gen_id, None, waited))
 
     async def _run_tool(self, call: Any) -> None:
         result = await self.engine.tools.run(call)

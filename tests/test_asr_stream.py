@@ -178,3 +178,67 @@ def test_an_urgent_call_preempts_the_background_call_running() -> None:
     assert running.result(5) == "stopped early"
     assert final.result(5) == "final"
     pool.shutdown()
+
+
+def test_a_dropped_final_pass_stops_before_its_decoder_and_the_listener_starts_afresh(whisper) -> None:  # type: ignore[no-untyped-def]
+    """A discarded draft's final pass (the caller went on) stops at its next step instead of running to its end,
+    which is what a cancellation used to wait for; the next pass over that span is a fresh one."""
+    import asyncio
+
+    from models.interfaces import PassStopped
+    from realtime.listener import Listener
+
+    audio = next(s for s in sentences() if s.name == "librivox-0920").samples()  # 6 s
+    decodes: list[int] = []
+    generate, encode = whisper._generate, whisper._encode
+    encoding = threading.Event()
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        decodes.append(1)
+        return generate(*args, **kwargs)
+
+    def slow_encode(*args, **kwargs):  # type: ignore[no-untyped-def]
+        encoding.set()
+        time.sleep(0.05)  # the drop below lands while the encoder runs
+        return encode(*args, **kwargs)
+
+    class Vad:
+        frame_samples = 512
+
+        def open_stream(self):  # type: ignore[no-untyped-def]
+            return self
+
+        def probability(self, frame: np.ndarray) -> float:
+            return 0.0
+
+        def reset(self) -> None: ...
+
+    async def scenario() -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        executor, vad_thread = PriorityExecutor("asr-test"), ThreadPoolExecutor(1)
+        listener = Listener(Vad(), whisper, vad_thread, executor, lambda e: None, 0.5, 64, 28000)
+        try:
+            listener.push(audio, 0.0)
+            listener.open_turn(0)
+            dropped = listener.final_pass(audio.size)
+            assert await asyncio.to_thread(encoding.wait, 10)
+            t0 = time.perf_counter()
+            listener.drop_pass(audio.size)
+            with pytest.raises(PassStopped):
+                await dropped
+            assert time.perf_counter() - t0 < 0.5
+            assert not decodes, "the dropped pass never reached the decoder"
+            fresh = await listener.final_pass(audio.size)
+            assert fresh.text and decodes
+        finally:
+            await listener.close()
+            executor.shutdown()
+            vad_thread.shutdown()
+
+    whisper._generate, whisper._encode = counted, slow_encode
+    try:
+        asyncio.run(scenario())
+    finally:
+        for patched in ("_generate", "_encode"):
+            whisper.__dict__.pop(patched, None)

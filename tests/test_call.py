@@ -88,14 +88,21 @@ async def test_two_turns_keep_context_and_session_update_applies(embedded_server
     call = ParleyCall(embedded_server, session={**GREEDY, "tools": False})
     await call.connect()
     try:
-        call.send({"type": "session.update", "session": {"end_of_turn_ms": 600, "speed": 1.2}})
+        # The default decides by meaning: Smart Turn scores the pause after a finished sentence, which is then
+        # answered after a short silence instead of end_of_turn_ms.
+        audio, rate = speak("My name is Alice.")
+        _, first = await one_turn(call, audio, rate)
+        scored = call.of_type("turn.scored")
+        assert scored and scored[-1]["probability"] >= 0.7, scored
+        metrics = first["response"]["metrics"]
+        assert metrics["end_of_turn_probability"] >= 0.7 and metrics["end_of_turn_ms"] == 300, metrics
+        call.send({"type": "session.update",
+                   "session": {"turn_detection": "silence", "end_of_turn_ms": 600, "speed": 1.2}})
         updated = await call.wait_for("session.updated", timeout=5)
         assert updated["session"]["settings"]["end_of_turn_ms"] == 600
         call.send({"type": "session.update", "session": {"end_of_turn_ms": "soon"}})
         err = await call.wait_for("error", timeout=5)
         assert "[session].end_of_turn_ms" in err["error"]["message"]
-        audio, rate = speak("My name is Alice.")
-        await one_turn(call, audio, rate)
         audio, rate = speak("What is my name?")
         _, done = await one_turn(call, audio, rate)
         assert "alice" in done["response"]["output_text"].lower(), done["response"]["output_text"]
@@ -162,3 +169,33 @@ async def test_receive_only_offer_still_gets_reply_audio_track(embedded_server: 
     await asyncio.wait_for(got_track.wait(), 20)
     assert len(frames) == 10  # paced silence flows even with nothing to say
     await pc.close()
+
+
+async def test_a_caller_who_goes_on_right_after_the_reply_starts_is_heard_as_one_turn(embedded_server: str) -> None:
+    # The silence rule at 500 ms answers the hesitation; the caller goes on 1.2 s into it, i.e. ~0.6 s after the
+    # commit: the reply is dropped and both parts are transcribed as one user turn.
+    call = ParleyCall(embedded_server, session={**GREEDY, "tools": False, "turn_detection": "silence",
+                                                "end_of_turn_ms": 500, "speculate_after_ms": 200})
+    await call.connect()
+    try:
+        first, rate = speak("Please remind me to call my sister.")
+        second, _ = speak("Tomorrow morning at nine.")
+        audio = np.concatenate([silence(300, rate), first, silence(1200, rate), second])
+        start = time.monotonic()
+        call.play(audio, rate)
+        resumed = await call.wait_for("turn.resumed", timeout=30, after=start)
+        cancelled = await call.wait_for("response.done", timeout=10, after=start)
+        assert cancelled["response"]["status"] == "cancelled"
+        assert cancelled["response"]["status_details"]["reason"] == "turn_resumed"
+        assert resumed["after_commit_ms"] <= 1000
+        deleted = {e["item_id"] for e in call.of_type("conversation.item.deleted")}
+        assert {resumed["merged_item_id"], cancelled["response"]["item_id"]} <= deleted
+        done = await call.wait_for("response.done", timeout=60, after=time.monotonic() - 0.001)
+        assert done["response"]["status"] == "completed"
+        merged = [e for e in call.of_type("conversation.item.input_audio_transcription.completed")
+                  if e["item_id"] == resumed["item_id"]]
+        assert merged, "the merged turn was transcribed"
+        heard = merged[-1]["transcript"].lower()
+        assert "sister" in heard and "tomorrow" in heard, heard
+    finally:
+        await call.close()

@@ -15,10 +15,13 @@ from models.interfaces import ToolCall, UserInput
 from realtime import controller as ctl
 from realtime.config import SessionConfig
 from realtime.context import ContextManager
+from realtime.endpointing import silence_needed_ms
 from realtime.tools import default_tools
 
+# The silence rule, and every speech over a reply a barge-in; semantic ends and resumed turns have tests of their own.
 SETTINGS = SessionConfig(speculate_after_ms=200, end_of_turn_ms=700, barge_in_ms=300, max_drafts_per_turn=3,
-                         tool_timeout_ms=1000, filler_after_ms=400, tool_filler="One moment.")
+                         tool_timeout_ms=1000, filler_after_ms=400, tool_filler="One moment.",
+                         turn_detection="silence", resume_window_ms=0)
 
 
 def user(text: str) -> UserInput:
@@ -458,3 +461,113 @@ def test_response_create_mid_pause_drops_the_draft_and_the_uncommitted_turn() ->
     assert s.c.state == ctl.State.RESPONDING and s.c.turn is None
     s.run_until(3000)  # the old turn's end-of-turn timer must not fire into the new response
     assert len(s.events("response.created")) == 1
+
+
+# --- semantic end of turn and false ends (realtime/endpointing.py) ----------------------------------------------
+
+SEMANTIC = replace(SETTINGS, turn_detection="semantic", eagerness="auto", max_end_of_turn_ms=2500)
+
+
+def test_silence_needed_follows_the_score_and_the_eagerness() -> None:
+    assert silence_needed_ms(SETTINGS, 0.99) == 700, "the silence rule ignores scores"
+    assert silence_needed_ms(SEMANTIC, None) == 700, "no score yet: the silence rule"
+    assert silence_needed_ms(SEMANTIC, 0.9) == 300
+    assert silence_needed_ms(replace(SEMANTIC, eagerness="high"), 0.55) == 200
+    assert silence_needed_ms(replace(SEMANTIC, eagerness="low"), 0.8) > 700, "low eagerness doubts a 0.8"
+    # Below the threshold the wait grows from end_of_turn_ms to the cap as the score falls.
+    assert silence_needed_ms(SEMANTIC, 0.6999) == pytest.approx(700, abs=1)
+    assert silence_needed_ms(SEMANTIC, 0.35) == pytest.approx(1600)
+    assert silence_needed_ms(SEMANTIC, 0.0) == 2500
+    assert silence_needed_ms(replace(SEMANTIC, eagerness="high"), 0.0) == 1500
+
+
+def test_a_finished_sounding_pause_ends_the_turn_after_a_short_silence() -> None:
+    s = Script(SEMANTIC)
+    s.speak(0, 1000, 0, 16000)
+    assert s.last(ctl.ScoreTurn).end_sample == 16000, "every pause is scored"
+    s.run_until(1200)
+    gen = s.draft_transcribed(1210, "What is the capital of France?")
+    s.at(1150 + 100, "turn_scored", 16000, 0.92)
+    scored = s.events("turn.scored")[0]
+    assert scored["probability"] == 0.92 and scored["silence_needed_ms"] == 300
+    s.run_until(1299)
+    assert s.c.state == ctl.State.DRAFTING
+    s.run_until(1300)
+    assert s.c.state == ctl.State.RESPONDING and s.last(ctl.ReleaseAudio).gen_id == gen.gen_id
+    s.generate(1310, gen.gen_id, ["Paris."])
+    s.at(1320, "audio_started", gen.gen_id)
+    s.at(2000, "audio_finished", gen.gen_id)
+    m = s.events("response.done")[0]["response"]["metrics"]
+    assert m["end_of_turn_decision_ms"] == 1300 and m["end_of_turn_ms"] == 300
+    assert m["end_of_turn_probability"] == 0.92
+
+
+def test_an_unfinished_sounding_pause_waits_and_the_caller_goes_on() -> None:
+    s = Script(SEMANTIC)
+    s.speak(0, 1000, 0, 16000)  # "Press 4 to mark ..."
+    s.at(1150, "turn_scored", 16000, 0.05)
+    assert s.events("turn.scored")[0]["silence_needed_ms"] == 2371
+    s.run_until(1200)
+    s.draft_transcribed(1300, "Press 4 to mark")
+    s.run_until(2000)  # 1000 ms of silence: the silence rule would have answered at 1700
+    assert s.c.state == ctl.State.DRAFTING and not s.events("response.created")
+    s.at(2000, "speech_started", 32000)  # "... this message as urgent"
+    assert s.events("speculation.discarded")[0]["reason"] == "speech_resumed"
+    s.at(3000, "speech_stopped", 3000, 48000)
+    s.at(3010, "turn_scored", 16000, 0.99)  # late, for the earlier pause: ignored
+    assert len(s.events("turn.scored")) == 1
+    s.run_until(3699)
+    assert s.c.state == ctl.State.DRAFTING, "no score for this pause yet: the silence rule holds"
+    s.at(3700, "turn_scored", 48000, None)  # the model failed: silence decides
+    s.run_until(3700)
+    assert s.c.state == ctl.State.RESPONDING
+
+
+def test_speech_soon_after_the_commit_drops_the_reply_and_merges_the_turn() -> None:
+    s = Script(replace(SETTINGS, resume_window_ms=1000))
+    s.context.add_user(user("Hi."), item_id="item_earlier")
+    s.c._last_item_id = "item_earlier"
+    s.speak(0, 1000, 0, 16000)
+    s.run_until(1200)
+    gen = s.draft_transcribed(1300, "Press 4 to mark")
+    s.generate(1310, gen.gen_id, ["Marked."])
+    s.run_until(1700)
+    first_item = s.events("input_audio_buffer.committed")[0]["item_id"]
+    assert [m.content for m in s.context.history] == ["Hi.", "Press 4 to mark"]
+    s.at(1710, "audio_started", gen.gen_id)
+    s.at(2400, "speech_started", 38400)  # 700 ms after the commit: "... this message as urgent"
+    s.run_until(2700)
+    assert s.last(ctl.StopPlayout).gen_id == gen.gen_id and ctl.CancelGeneration(gen.gen_id) in s.effects
+    s.at(2701, "playout_stopped", gen.gen_id, 990.0)
+    assert [m.content for m in s.context.history] == ["Hi."], "neither the first part nor the reply stays"
+    assert not s.events("conversation.item.truncate")
+    done = s.events("response.done")[0]["response"]
+    assert {e["item_id"] for e in s.events("conversation.item.deleted")} == {first_item, done["item_id"]}
+    assert done["status"] == "cancelled" and done["status_details"]["reason"] == "turn_resumed"
+    resumed = s.events("turn.resumed")[0]
+    assert resumed["merged_item_id"] == first_item and resumed["after_commit_ms"] == 700
+    # The turn goes on from its first word: the next transcription covers both parts.
+    assert s.c.state == ctl.State.USER_SPEAKING and s.last(ctl.OpenTurn).start_sample == 0
+    s.at(3500, "speech_stopped", 3500, 56000)
+    s.run_until(4200)
+    final = s.last(ctl.Transcribe)
+    assert final.end_sample == 56000
+    s.at(4300, "input_ready", final.input_id, user("Press 4 to mark this message as urgent"))
+    assert [m.content for m in s.context.history] == ["Hi.", "Press 4 to mark this message as urgent"]
+    committed = s.events("input_audio_buffer.committed")[-1]
+    assert committed["item_id"] == resumed["item_id"] and committed["previous_item_id"] == "item_earlier"
+    assert s.c.stats.turns_resumed == 1 and s.c.stats.barge_ins == 0
+
+
+def test_speech_after_the_resume_window_is_a_barge_in() -> None:
+    s = Script(replace(SETTINGS, resume_window_ms=1000))
+    s.speak(0, 1000, 0, 16000)
+    s.run_until(1200)
+    gen = s.draft_transcribed(1300, "Tell me a story.")
+    s.generate(1310, gen.gen_id, ["Once", " upon", " a", " time."], chunk_ms=4000)
+    s.run_until(1700)
+    s.at(1710, "audio_started", gen.gen_id)
+    s.at(2800, "speech_started", 44800)
+    s.run_until(3100)
+    assert s.c.stats.barge_ins == 1 and s.c.stats.turns_resumed == 0
+    assert s.last(ctl.OpenTurn).start_sample == 44800

@@ -124,3 +124,42 @@ def test_more_calls_than_parked_caches_still_answer_as_from_a_cold_cache() -> No
     for messages, text in answers:
         lm.llm.reset()
         assert asyncio.run(reply(messages)) == text
+
+
+def test_a_stream_closed_during_a_long_prefill_stops_within_a_chunk() -> None:
+    """A discarded draft or an interrupted reply whose prompt is still being read (seconds when the cache lost a
+    long history) stops within one prefill chunk, not when the whole prompt has been read."""
+    import time
+
+    from models.embedded.llama import LlamaLM
+
+    lm = LlamaLM(model_path("qwen2.5-0.5b") / "model.gguf", "qwen2.5-0.5b", 2048, 2)
+    story = "The lighthouse keeper wrote down every ship that passed, its flag, its cargo and the weather. " * 40
+    messages = [Message("system", "You are a voice assistant."), Message("user", story + " Summarize this.")]
+    options = GenerationOptions(max_tokens=4, temperature=0.0)
+    prompt = len(lm.prompt_tokens(messages, options))
+    assert prompt > 800
+
+    async def cancelled_after(seconds: float) -> float:
+        async def consume() -> None:
+            async for _ in lm.stream(messages, options):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(seconds)
+        t0 = time.perf_counter()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return time.perf_counter() - t0
+
+    lm.llm.reset()
+    stop_s = asyncio.run(cancelled_after(0.5))
+    assert lm.llm.n_tokens < prompt - 1, "the prompt was read to its end after the stream was closed"
+    assert stop_s < 1.0, f"the stream took {stop_s:.2f} s to stop"
+    # What was read stays cached: the next request for this prompt goes on from there and answers normally.
+    text = asyncio.run(_reply(lm, messages, options))
+    assert text.strip()
+
+
+async def _reply(lm: object, messages: list[Message], options: GenerationOptions) -> str:
+    return "".join([d.text async for d in lm.stream(messages, options)])  # type: ignore[attr-defined]

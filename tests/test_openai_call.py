@@ -82,7 +82,9 @@ async def test_conversation_with_speculation_and_barge_in(tmp_path: Path) -> Non
     story, stop = speak("Tell me a story about a brave little dragon.")[0], speak("Wait, stop, stop please.")[0]
     # One llama.cpp thread: the second core is Parley's (Whisper, Opus, the event loop) and the test client's.
     with llama_server(log, threads=1) as base, run_server(tmp_path, config(base)) as url:
-        call = ParleyCall(url, session={"temperature": 0.0})
+        # The silence rule: the scripted 450 ms pause must start a draft and be discarded, whatever Smart Turn makes
+        # of synthesized "What is the capital" (a falling pitch it takes for a finished turn).
+        call = ParleyCall(url, session={"temperature": 0.0, "turn_detection": "silence"})
         await call.connect()
         await asyncio.sleep(0.5)
         try:

@@ -84,7 +84,7 @@ def test_readyz_is_503_until_every_stage_has_run_then_200(tmp_path: Path) -> Non
             time.sleep(0.2)
         health = healthz(url)
         assert health["ready"] is True and health["status"] == "ok"
-        assert set(health["warm_up_ms"]) == {"vad", "tts", "asr", "lm"}, health["warm_up_ms"]
+        assert set(health["warm_up_ms"]) == {"vad", "tts", "asr", "turn", "lm"}, health["warm_up_ms"]
         text = log.read_text()
         # "listening" is said once, after the warm-up, and the ASR pass heard the warm-up sentence.
         assert text.count("ready: listening on") == 1

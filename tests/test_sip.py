@@ -61,7 +61,8 @@ rtp_port_max = 31999
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SipServer]:
-    extra = f'[[telephony.numbers]]\nnumber = "+{NUMBER}"\nsession = {{ end_of_turn_ms = 900 }}\n'
+    extra = (f'[[telephony.numbers]]\nnumber = "+{NUMBER}"\n'
+             'session = { end_of_turn_ms = 900, turn_detection = "silence" }\n')
     with sip_server(tmp_path_factory.mktemp("sip"), "[server]\nmax_sessions = 2\n" + extra) as server:
         yield server
 

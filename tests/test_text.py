@@ -29,3 +29,23 @@ def test_heard_prefix_counts_whole_and_partial_pieces() -> None:
     assert heard_prefix(pieces, 1000) == "One two three four."
     assert heard_prefix(pieces, 1250) == "One two three four. Five"
     assert heard_prefix(pieces, 5000) == "One two three four. Five six."
+
+
+def test_a_long_first_sentence_is_cut_before_a_phrase_or_after_a_few_words() -> None:
+    def first_piece(text: str) -> str:
+        s = SentenceSplitter()
+        for token in text.split(" "):
+            if pieces := s.push(token + " "):
+                return pieces[0]
+        return s.flush()[0]
+
+    # The caller hears the first words after ~4 of them, not after the whole sentence.
+    coffee = "Coffee can keep you awake for up to six hours after you drink it."
+    assert first_piece(coffee) == "Coffee can keep you awake"
+    assert first_piece("Most beginners do well running three times a week, at an easy pace.") == \
+        "Most beginners do well running three times a week,"
+    assert first_piece("Drinking a big glass of water every morning helps most people feel better.") == \
+        "Drinking a big glass of water every morning"
+    # Short sentences and short openings stay whole.
+    assert first_piece("The capital of France is Paris. It is lovely.") == "The capital of France is Paris."
+    assert first_piece("Try to sleep early.") == "Try to sleep early."

@@ -28,7 +28,9 @@ max_sessions = 4
 twilio = true
 [[telephony.numbers]]
 number = "+15550100"
-session = { end_of_turn_ms = 800 }
+# The silence rule, and speech over a reply is always a barge-in (the test talks over it 0.6 s in, which
+# resume_window_ms would take for the caller going on with the question).
+session = { end_of_turn_ms = 800, turn_detection = "silence", resume_window_ms = 0 }
 """
 ECHO = """
 [server]

@@ -6,7 +6,7 @@ while the "models" cost almost nothing, so a capacity figure measures the engine
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -31,7 +31,7 @@ class EchoStream:
     def push_segment(self, turn_audio: np.ndarray) -> str:
         return ""
 
-    def finalize(self, turn_audio: np.ndarray) -> UserInput:
+    def finalize(self, turn_audio: np.ndarray, stop: Callable[[], bool] | None = None) -> UserInput:
         # The input is the turn's length: two drafts over the same audio compare equal.
         seconds = f"{turn_audio.size / RATE:.2f}"
         text = f"(speech, {seconds} s)"

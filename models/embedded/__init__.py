@@ -1,4 +1,4 @@
-"""The embedded stack: Silero VAD, faster-whisper, llama.cpp and hibari-tts, all on the CPU and offline.
+"""The embedded stack: Silero VAD, faster-whisper, llama.cpp, hibari-tts and Smart Turn, all on the CPU and offline.
 
 Each stage has a `load_*` factory here (not named after its module: importing `models.embedded.whisper` would
 rebind a function called `whisper`) so the other stacks that reuse embedded stages (openai, step-audio, echo) build them
@@ -19,16 +19,23 @@ if TYPE_CHECKING:
     from models.embedded.hibari_tts import HibariTTS
     from models.embedded.llama import LlamaLM
     from models.embedded.silero import SileroVad
+    from models.embedded.smart_turn import SmartTurn
     from models.embedded.whisper import WhisperTokenizer
 
 T = TypeVar("T")
-INFO = {"vad": "silero-vad 6.2.3", "tts": "hibari-tts 0.2.1 (heart)"}
+INFO = {"vad": "silero-vad 6.2.3", "tts": "hibari-tts 0.2.1 (heart)", "turn": "smart-turn-v3.2"}
 
 
 def load_vad(config: Config) -> SileroVad:
     from models.embedded.silero import SileroVad
 
     return SileroVad(model_path("silero-vad", config.models.embedded.model_dir) / "silero_vad.onnx")
+
+
+def load_turn_detector(config: Config) -> SmartTurn:
+    from models.embedded.smart_turn import SmartTurn
+
+    return SmartTurn(model_path("smart-turn-v3.2", config.models.embedded.model_dir) / "model.onnx")
 
 
 def load_tokenizer(config: Config, language: str | None = None) -> WhisperTokenizer:
@@ -62,6 +69,7 @@ def load(config: Config) -> ModelStack:
         tokenizer=loading("asr", emb.asr, lambda: load_tokenizer(config)),
         lm=loading("lm", emb.lm, lambda: load_lm(config)),
         tts=loading("tts", INFO["tts"], lambda: load_tts(config)),
+        turn=loading("turn", INFO["turn"], lambda: load_turn_detector(config)),
         info={**INFO, "asr": emb.asr, "lm": emb.lm},
     )
 

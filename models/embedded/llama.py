@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -31,6 +32,12 @@ from models.tool_text import TAG_CLOSE, TAG_OPEN, parse_text_call
 
 log = logging.getLogger(__name__)
 _PARAMS_LOCK = threading.Lock()
+# llama.cpp asks its abort callback between the nodes of every compute graph, from its own worker thread, so a
+# closed stream stops a prompt's prefill (seconds for a history the cache lost) or a token's decode within
+# milliseconds. A Python callback would take the GIL hundreds of times per token; libc's strlen over a one-byte
+# flag answers without Python: b"" is 0 (go on), b"\x01" is 1 (stop). size_t comes back in the register that
+# carries a C bool (x86-64 and AArch64 calling conventions), so strlen is a valid `bool (*)(void *)` here.
+_STRLEN = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value or 0
 
 
 @contextlib.contextmanager
@@ -121,6 +128,10 @@ class LlamaLM:
         if self.supports_tools:
             self._tool_call_tokens()  # a 0.3 s scan of the vocabulary: at load, not in a caller's turn
         self.prompt_cache = PromptCache(self.llm)
+        self._abort = ctypes.create_string_buffer(2)
+        self._abort_callback = llama_c.ggml_abort_callback(_STRLEN)  # kept: llama.cpp holds only the pointer
+        llama_c.llama_set_abort_callback(self.llm.ctx, self._abort_callback,
+                                         ctypes.cast(self._abort, ctypes.c_void_p))
         self._executor = stage_executor("lm")
         self._lock = asyncio.Lock()
         self._tokenize_lock = threading.Lock()
@@ -139,8 +150,12 @@ class LlamaLM:
 
     async def stream(self, messages: Sequence[Message], options: GenerationOptions) -> AsyncIterator[LMDelta]:
         async with self._lock:
-            async for delta in iterate_in_thread(self._generate(messages, options), self._executor):
+            async for delta in iterate_in_thread(self._generate(messages, options), self._executor, self._stop):
                 yield delta
+
+    def _stop(self) -> None:
+        """The stream was closed: the llama.cpp call in flight, if any, aborts (and raises on the LM thread)."""
+        self._abort[0] = b"\x01"
 
     def _generate(self, messages: Sequence[Message], options: GenerationOptions) -> Iterator[LMDelta]:
         tokens = self.prompt_tokens(messages, options)
@@ -153,6 +168,7 @@ class LlamaLM:
             banned = self._tool_call_tokens()
             processors = LogitsProcessorList([lambda ids, scores: _ban(scores, banned)])
         self.prompt_cache.prepare(tokens)
+        self._abort[0] = b"\x00"  # a new generation; a stream closed before it may have left the flag set
         pending = b""
         in_tool = False
         tool_body = ""

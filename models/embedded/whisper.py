@@ -34,7 +34,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 
 from models.embedded.agreement import LocalAgreement, Word, normalize, repeated
-from models.interfaces import UserInput
+from models.interfaces import PassStopped, UserInput
 
 RATE = 16000
 HOP = 160  # samples per mel frame
@@ -49,8 +49,8 @@ STABLE_MARGIN_S = 0.5  # words ending this close to the live edge are never comm
 PROMPT_TOKENS = 100  # committed tokens given back as the prompt (Whisper allows 223)
 
 
-class PassAbandoned(Exception):
-    """A partial pass gave the thread up to a final pass."""
+class PassAbandoned(PassStopped):
+    """A pass stopped between its steps: a partial pass gave the thread up, or a final pass is not wanted."""
 
 
 @dataclass(frozen=True)
@@ -214,19 +214,19 @@ class WhisperStream:
         agreement.update(words, turn_audio, int(STABLE_MARGIN_S * RATE))
         return agreement.text(agreement.pending)
 
-    def finalize(self, turn_audio: np.ndarray) -> UserInput:
+    def finalize(self, turn_audio: np.ndarray, stop: Callable[[], bool] | None = None) -> UserInput:
         started = time.perf_counter()
         if self._model.incremental:
             agreement = self._agreement
             cut = min(agreement.cut, turn_audio.size)
-            decoded = self._model.decode(turn_audio[cut:], agreement.prompt_tokens())
+            decoded = self._model.decode(turn_audio[cut:], agreement.prompt_tokens(), abandon=stop)
             tail = self._model.text_of(decoded).split()
             # The tail's first words may read the committed words' last ones back (the prompt's echo).
             tail = tail[repeated(agreement.committed_keys(), [normalize(w) for w in tail]) :]
             text = " ".join(p for p in (agreement.text([]), " ".join(tail)) if p)
         else:
             cut = 0
-            decoded = self._model.decode(turn_audio, [])
+            decoded = self._model.decode(turn_audio, [], abandon=stop)
             text = self._model.text_of(decoded)
         timing = {"decoded_audio_ms": round((turn_audio.size - cut) * 1000 / RATE, 1),
                   "turn_audio_ms": round(turn_audio.size * 1000 / RATE, 1),

@@ -13,7 +13,7 @@ def load(config: Config) -> ModelStack:
     remote = config.models.openai
     return ModelStack(
         name="openai", vad=embedded.load_vad(config), tokenizer=embedded.load_tokenizer(config), lm=OpenAILM(remote),
-        tts=embedded.load_tts(config),
+        tts=embedded.load_tts(config), turn=embedded.load_turn_detector(config),
         info={**embedded.INFO, "asr": config.models.embedded.asr,
               "lm": f"{remote.base_url} ({remote.model or 'first listed model'})"},
     )

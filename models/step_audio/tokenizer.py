@@ -173,7 +173,7 @@ class StepAudioStream:
         self._semantic.push(turn_audio)
         return self._transcript.push(turn_audio)
 
-    def finalize(self, turn_audio: np.ndarray) -> UserInput:
+    def finalize(self, turn_audio: np.ndarray, stop: Callable[[], bool] | None = None) -> UserInput:
         ling = self._linguistic.finalize(turn_audio)
         sem = self._semantic.finalize(turn_audio)
         codes = fmt.interleave(ling, sem)

@@ -36,7 +36,7 @@ CHANNEL = "oai-events"
 class RealtimeCall(WebRTCCall):
     def __init__(self, engine: Engine, registry: set[WebRTCCall], wire: WireSettings, extensions: bool) -> None:
         super().__init__(engine, registry, channel_label=CHANNEL)
-        self.protocol = RealtimeProtocol(self.send_wire, engine.config.session, audio_in_events=False,
+        self.protocol = RealtimeProtocol(self.send_wire, audio_in_events=False,
                                          extensions=extensions, wire=wire)
         self.codec = self.protocol
 
@@ -80,7 +80,7 @@ def add_routes(app: web.Application, engine: Engine, registry: set[WebRTCCall]) 
         overrides: dict[str, Any] = {}
         if session_object is not None:
             try:
-                overrides, wire = parse_update(session_object, wire, engine.config.session, engine.config.session)
+                overrides, wire = parse_update(session_object, wire, engine.config.session)
             except SessionUpdateError as exc:
                 return json_error(400, "invalid_request_error", f"{exc.param}: {exc}")
         try:

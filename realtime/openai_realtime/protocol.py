@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from realtime.audio import to_int16
-from realtime.config import ConfigError, SessionConfig
+from realtime.config import ConfigError
 from realtime.openai_realtime.session_config import SessionUpdateError, WireSettings, parse_update, render
 from realtime.transports import g711
 
@@ -41,8 +41,14 @@ EXTENSION_EVENTS = {
     "input_audio_buffer.dtmf": "parley.dtmf",
     "warning": "parley.warning",
     "session.summary": "parley.session.summary",
+    "turn.scored": "parley.turn.scored",
+    "turn.resumed": "parley.turn.resumed",
+    "generation.stopped": "parley.generation.stopped",
 }
-STATUS_REASONS = {"turn_detected", "client_cancelled", "max_output_tokens", "content_filter"}
+# Parley's reasons for a response's end → GA's (a reply dropped because the caller went on is GA's barge-in).
+STATUS_REASONS = {"turn_detected": "turn_detected", "client_cancelled": "client_cancelled",
+                  "max_output_tokens": "max_output_tokens", "content_filter": "content_filter",
+                  "turn_resumed": "turn_detected"}
 
 
 class ClientError(Exception):
@@ -66,10 +72,9 @@ class _Response:
 
 
 class RealtimeProtocol:
-    def __init__(self, send: Send, configured: SessionConfig, *, audio_in_events: bool, extensions: bool,
+    def __init__(self, send: Send, *, audio_in_events: bool, extensions: bool,
                  wire: WireSettings | None = None) -> None:
         self._send = send
-        self._configured = configured
         self.audio_in_events = audio_in_events  # WebSocket: audio rides in events; WebRTC: on the media track
         self.extensions = extensions
         self.wire = wire or WireSettings()
@@ -135,7 +140,7 @@ class RealtimeProtocol:
     def _session_update(self, message: dict[str, Any]) -> None:
         session = self._session()
         try:
-            overrides, wire = parse_update(message.get("session"), self.wire, session.settings, self._configured)
+            overrides, wire = parse_update(message.get("session"), self.wire, session.settings)
         except SessionUpdateError as exc:
             raise ClientError(str(exc), exc.code, exc.param) from None
         try:
@@ -396,7 +401,7 @@ class RealtimeProtocol:
             reason = (native.get("status_details") or {}).get("reason")
             details: dict[str, Any] = {"type": status}
             if reason in STATUS_REASONS:
-                details["reason"] = reason
+                details["reason"] = STATUS_REASONS[reason]
             response["status_details"] = details
         if self.extensions:
             response["parley_metrics"] = native.get("metrics", {})
@@ -406,6 +411,11 @@ class RealtimeProtocol:
             {"name": "tokens", "limit": settings.context_tokens, "remaining": settings.context_tokens,
              "reset_seconds": 0.0},
         ])
+
+    def _on_conversation_item_deleted(self, event: dict[str, Any]) -> None:
+        # A false end of turn: the caller's first part and the dropped reply leave the conversation.
+        if self.items.pop(event["item_id"], None) is not None:
+            self._emit("conversation.item.deleted", item_id=event["item_id"])
 
     def _on_input_audio_buffer_dtmf(self, event: dict[str, Any]) -> None:
         self._emit("input_audio_buffer.dtmf_event_received", event=event["digit"], received_at=int(time.time()))

@@ -17,9 +17,7 @@ from realtime.config import SessionConfig
 
 AudioFormat = Literal["audio/pcm", "audio/pcmu", "audio/pcma"]
 FORMAT_RATES: dict[str, int] = {"audio/pcm": 24000, "audio/pcmu": 8000, "audio/pcma": 8000}
-# semantic_vad's eagerness, as multiples of the configured end-of-turn silence (Parley decides by silence; a
-# semantic end of turn is separate work). "auto"/"medium" keep the server's own setting.
-EAGERNESS_FACTOR = {"low": 2.0, "medium": 1.0, "auto": 1.0, "high": 0.6}
+EAGERNESS = ("low", "medium", "high", "auto")  # semantic_vad's values, Parley's [session].eagerness
 MAX_OUTPUT_TOKENS_INF = 1024  # "inf": Parley's LMs still need a bound
 # Fields GA clients send that change nothing here (accepted so that existing clients work; see the docs).
 IGNORED_SESSION_KEYS = frozenset({"tracing", "truncation", "include", "parallel_tool_calls", "reasoning",
@@ -43,8 +41,7 @@ class WireSettings:
     input_format: AudioFormat = "audio/pcm"
     output_format: AudioFormat = "audio/pcm"
     transcription: dict[str, Any] | None = None  # None: no input transcription events (GA's default)
-    turn_detection: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
-    eagerness: str = "auto"
+    turn_detection: Literal["server_vad", "semantic_vad", "none"] = "server_vad"  # as the client last set it
     prefix_padding_ms: int = 240  # reported; Parley's pre-roll is fixed (realtime/listener.py)
     voice: str = ""
     tools: tuple[ToolSpec, ...] = ()
@@ -52,12 +49,10 @@ class WireSettings:
     max_output_tokens: int | Literal["inf"] | None = None
 
 
-def parse_update(session: Any, wire: WireSettings, base: SessionConfig, configured: SessionConfig
-                 ) -> tuple[dict[str, Any], WireSettings]:
+def parse_update(session: Any, wire: WireSettings, base: SessionConfig) -> tuple[dict[str, Any], WireSettings]:
     """The [session] overrides and wire settings a GA session object asks for; raises SessionUpdateError.
 
-    `base` is the session's current settings, `configured` the server's [session] (semantic_vad scales its
-    end-of-turn silence).
+    `base` is the session's current settings.
     """
     if not isinstance(session, dict):
         raise SessionUpdateError("session", "session.update needs a 'session' object")
@@ -104,7 +99,7 @@ def parse_update(session: Any, wire: WireSettings, base: SessionConfig, configur
     if audio is not None:
         if not isinstance(audio, dict):
             raise SessionUpdateError("session.audio", "audio must be an object")
-        _audio_input(audio.get("input"), overrides, changes, base, configured)
+        _audio_input(audio.get("input"), overrides, changes, base)
         _audio_output(audio.get("output"), overrides, changes)
     parley = session.get("parley")
     if parley is not None:
@@ -149,8 +144,7 @@ def _tools(value: Any) -> tuple[ToolSpec, ...]:
     return tuple(tools)
 
 
-def _audio_input(value: Any, overrides: dict[str, Any], changes: dict[str, Any], base: SessionConfig,
-                 configured: SessionConfig) -> None:
+def _audio_input(value: Any, overrides: dict[str, Any], changes: dict[str, Any], base: SessionConfig) -> None:
     if value is None:
         return
     if not isinstance(value, dict):
@@ -179,6 +173,7 @@ def _audio_input(value: Any, overrides: dict[str, Any], changes: dict[str, Any],
         if detection.get(key) is not None:
             overrides[setting] = detection[key]
     if detection["type"] == "server_vad":
+        overrides["turn_detection"] = "silence"
         if detection.get("threshold") is not None:
             overrides["vad_threshold"] = detection["threshold"]
         if detection.get("silence_duration_ms") is not None:
@@ -193,13 +188,11 @@ def _audio_input(value: Any, overrides: dict[str, Any], changes: dict[str, Any],
             changes["prefix_padding_ms"] = detection["prefix_padding_ms"]
     else:
         eagerness = detection.get("eagerness") or "auto"
-        if eagerness not in EAGERNESS_FACTOR:
+        if eagerness not in EAGERNESS:
             raise SessionUpdateError("session.audio.input.turn_detection.eagerness",
                                      "eagerness must be low, medium, high or auto")
-        changes["eagerness"] = eagerness
-        silence = round(configured.end_of_turn_ms * EAGERNESS_FACTOR[eagerness])
-        overrides["end_of_turn_ms"] = silence
-        overrides["speculate_after_ms"] = min(base.speculate_after_ms, silence // 2)
+        overrides["turn_detection"] = "semantic"
+        overrides["eagerness"] = eagerness
 
 
 def _audio_output(value: Any, overrides: dict[str, Any], changes: dict[str, Any]) -> None:
@@ -224,8 +217,8 @@ def render(session_id: str, wire: WireSettings, s: SessionConfig, extensions: bo
     detection: dict[str, Any] | None
     if s.manual_turns:
         detection = None
-    elif wire.turn_detection == "semantic_vad":
-        detection = {"type": "semantic_vad", "eagerness": wire.eagerness, "create_response": s.create_response,
+    elif s.turn_detection == "semantic":
+        detection = {"type": "semantic_vad", "eagerness": s.eagerness, "create_response": s.create_response,
                      "interrupt_response": s.interrupt_response}
     else:
         detection = {"type": "server_vad", "threshold": s.vad_threshold, "prefix_padding_ms": wire.prefix_padding_ms,

@@ -55,7 +55,7 @@ class RealtimeWebSocket:
     def __init__(self, engine: Engine, ws: web.WebSocketResponse, wire: WireSettings, extensions: bool) -> None:
         self.engine = engine
         self.ws = ws
-        self.protocol = RealtimeProtocol(self.send_wire, engine.config.session, audio_in_events=True,
+        self.protocol = RealtimeProtocol(self.send_wire, audio_in_events=True,
                                          extensions=extensions, wire=wire)
         self.session: Session | None = None
         self._out: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
