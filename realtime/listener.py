@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,7 +161,8 @@ class Listener:
         self._turn_start: int | None = None
         # Final passes by end sample: started early (at the speech stop) and reused by the draft/end of turn.
         self._passes: dict[int, asyncio.Future[UserInput]] = {}
-        self._stops: dict[int, threading.Event] = {}  # per final pass: set when nobody wants its words any more
+        # Per final pass: its stop flag (set when nobody wants its words any more) and its place in the ASR queue.
+        self._stops: dict[int, tuple[threading.Event, Future[UserInput]]] = {}
         self._next_segment = 0
         self._segment_task: asyncio.Future[str] | None = None
         self._partials = 0  # bumped when a final pass abandons the partial pass in flight
@@ -219,27 +220,31 @@ class Listener:
                 # hook when this urgent pass is submitted.
                 self._partials += 1
             stop = threading.Event()
-            fut = self._urgent(self._tokenizer, self.turn_audio(end_sample), stop.is_set)
+            queued = self._submit(self._tokenizer, self.turn_audio(end_sample), stop.is_set)
+            fut = asyncio.wrap_future(queued)
             self._passes[end_sample] = fut
-            self._stops[end_sample] = stop
+            self._stops[end_sample] = (stop, queued)
         return fut
 
     def drop_pass(self, end_sample: int) -> None:
         """Nobody wants the final pass up to `end_sample` (the caller went on): it stops at its next step, or
-        never starts, and raises PassStopped. A later final_pass for this span starts a fresh one."""
-        stop = self._stops.pop(end_sample, None)
+        leaves the queue (cancelled: it may wait behind another caller's pass). A later final_pass for this span
+        starts a fresh one."""
+        entry = self._stops.pop(end_sample, None)
         self._passes.pop(end_sample, None)
-        if stop is not None:
+        if entry is not None:
+            stop, queued = entry
             stop.set()
+            queued.cancel()  # only succeeds while it waits for the thread
 
     def span_pass(self, start_sample: int, end_sample: int) -> asyncio.Future[UserInput]:
         """One tokenizer pass over exactly [start_sample, end_sample): audio a client committed itself."""
         audio = self._audio.slice(max(self._audio.start, start_sample), end_sample)
         # A stream of its own: what the turn's stream agreed on belongs to other audio.
-        return self._urgent(self._tokenizer_model.open_stream(), audio)
+        return asyncio.wrap_future(self._submit(self._tokenizer_model.open_stream(), audio))
 
-    def _urgent(self, stream: TokenizerStream, audio: np.ndarray, stop: Callable[[], bool] | None = None
-                ) -> asyncio.Future[UserInput]:
+    def _submit(self, stream: TokenizerStream, audio: np.ndarray, stop: Callable[[], bool] | None = None
+                ) -> Future[UserInput]:
         clock = self._clock
         queued = clock() if clock is not None else 0.0
 
@@ -256,7 +261,7 @@ class Listener:
             return dataclasses.replace(result, timing=timing)
 
         log.debug("final pass over %d samples", audio.size)
-        return asyncio.wrap_future(self._asr_executor.submit_at(URGENT, run))
+        return self._asr_executor.submit_at(URGENT, run)
 
     async def close(self) -> None:
         self._queue.put_nowait(None)

@@ -421,7 +421,8 @@ class Session:
             # Its span is stale (the caller went on, or the call ended): the pass stops at its next step.
             fut, end_sample = transcription
             self.listener.drop_pass(end_sample)
-            pending.append(timed("asr", asyncio.shield(fut)))
+            # Until it is done, cancelled (it had not started) or has raised PassStopped; never cancelled from here.
+            pending.append(timed("asr", asyncio.wait({fut})))
         response = self._responses.pop(gen_id, None)
         self._released.discard(gen_id)
         if response is not None:

@@ -231,6 +231,13 @@ def test_a_dropped_final_pass_stops_before_its_decoder_and_the_listener_starts_a
             assert not decodes, "the dropped pass never reached the decoder"
             fresh = await listener.final_pass(audio.size)
             assert fresh.text and decodes
+            # A pass still waiting behind another caller's leaves the queue at once.
+            busy = executor.submit_at(URGENT, time.sleep, 0.5)
+            queued = listener.final_pass(audio.size - RATE)
+            t0 = time.perf_counter()
+            listener.drop_pass(audio.size - RATE)
+            await asyncio.wait({queued})
+            assert queued.cancelled() and time.perf_counter() - t0 < 0.2 and not busy.done()
         finally:
             await listener.close()
             executor.shutdown()
