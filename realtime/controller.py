@@ -646,10 +646,14 @@ class Controller:
         self._check_barge_in(now)
         self._check_tool(now)
 
-    def _silence_needed(self, turn: Turn) -> float:
+    @staticmethod
+    def _probability(turn: Turn) -> float | None:
+        """The semantic score of the turn's current pause; None before it is in, or without a model."""
         score = turn.score
-        probability = score[1] if score is not None and score[0] == turn.end_sample else None
-        return silence_needed_ms(self.settings, probability)
+        return score[1] if score is not None and score[0] == turn.end_sample else None
+
+    def _silence_needed(self, turn: Turn) -> float:
+        return silence_needed_ms(self.settings, self._probability(turn))
 
     def _start_draft(self, now: float) -> None:
         turn = self.turn
@@ -895,8 +899,8 @@ class Controller:
         if speech_end is not None and gen.first_audio_out_ms is not None:
             v2v = gen.first_audio_out_ms - speech_end
 
-        def r(x: float | None) -> float | None:
-            return None if x is None else round(x, 1)
+        def r(x: float | None, digits: int = 1) -> float | None:
+            return None if x is None else round(x, digits)
 
         return {
             "speech_end_ms": r(speech_end),
@@ -919,8 +923,7 @@ class Controller:
             "tokens": gen.tokens,
             # The silence this turn's end needed (end_of_turn_ms, or what its semantic score asked for).
             "end_of_turn_ms": round(self._silence_needed(turn)) if turn is not None else self.settings.end_of_turn_ms,
-            "end_of_turn_probability": (None if turn is None or turn.score is None or turn.score[1] is None
-                                        else round(turn.score[1], 3)),
+            "end_of_turn_probability": r(self._probability(turn), 3) if turn is not None else None,
             "speculate_after_ms": self.settings.speculate_after_ms,
         }
 

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,18 +82,29 @@ def build(out: Path, per_scenario: int = 4) -> dict[str, list[dict[str, Any]]]:
     return index
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.corpus.human", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=HERE / "human", help="output directory (default: %(default)s)")
+Index = dict[str, Any]
+
+
+def builder_main(argv: list[str] | None, module: str, doc: str, build: Callable[[Path], Index],
+                 describe: Callable[[Index, Path], str]) -> int:
+    """The command line of a recorded-speech corpus: `--out DIR` (default benchmarks/corpus/<name>/), then one
+    line saying what was written; a missing recording or a bad file is exit status 2."""
+    name = module.rsplit(".", 1)[-1]
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
+    p.add_argument("--out", type=Path, default=HERE / name, help="output directory (default: %(default)s)")
     args = p.parse_args(argv)
     try:
         index = build(args.out)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    n = sum(len(s["turns"]) for s in index["scenarios"])
-    print(f"wrote {n} sentences to {args.out}")
+    print(f"wrote {describe(index, args.out)} to {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return builder_main(argv, "benchmarks.corpus.human", __doc__ or "", build,
+                        lambda index, _: f"{sum(len(s['turns']) for s in index['scenarios'])} sentences")
 
 
 if __name__ == "__main__":

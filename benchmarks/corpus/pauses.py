@@ -20,9 +20,7 @@ DIR defaults to benchmarks/corpus/pauses/ (ignored by git).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -30,10 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.corpus.human import AFTER_MS, RATE, Sentence, sentences
+from benchmarks.corpus.human import AFTER_MS, RATE, Sentence, builder_main, sentences
 from benchmarks.corpus.words import QUIET_DB, Word, split_points, transcribe, word_bounds
 
-HERE = Path(__file__).resolve().parent
 PAUSES_MS = (400, 600, 900, 1200)
 PER_PAUSE = 4  # split turns per pause length (not many more cuts of the 7 sentences pass `clean_cut`)
 PER_SCENARIO = 6  # turns per scenario (one call)
@@ -170,16 +167,7 @@ def describe(index: dict[str, Any], root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.corpus.pauses", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=HERE / "pauses", help="output directory (default: %(default)s)")
-    args = p.parse_args(argv)
-    try:
-        index = build(args.out)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {describe(index, args.out)} to {args.out}")
-    return 0
+    return builder_main(argv, "benchmarks.corpus.pauses", __doc__ or "", build, describe)
 
 
 if __name__ == "__main__":
