@@ -190,7 +190,9 @@ async def test_a_caller_who_goes_on_right_after_the_reply_starts_is_heard_as_one
         assert resumed["after_commit_ms"] <= 1000
         deleted = {e["item_id"] for e in call.of_type("conversation.item.deleted")}
         assert {resumed["merged_item_id"], cancelled["response"]["item_id"]} <= deleted
-        done = await call.wait_for("response.done", timeout=60, after=time.monotonic() - 0.001)
+        # The merged turn's reply (not the dropped one, which may have arrived this very millisecond).
+        done = await call.wait_for("response.done", timeout=60, after=start,
+                                   where=lambda e: e["response"]["id"] != cancelled["response"]["id"])
         assert done["response"]["status"] == "completed"
         merged = [e for e in call.of_type("conversation.item.input_audio_transcription.completed")
                   if e["item_id"] == resumed["item_id"]]
