@@ -1,6 +1,6 @@
 """How many concurrent calls a server carries: ramp the call count until the audio stops being on time.
 
-    python -m benchmarks.capacity --config configs/echo.toml [--workers N] [--levels 8,16,24,32]
+    python -m benchmarks.capacity --config configs/echo.toml [--workers N] [--levels 1,8,16,24,32]
     python -m benchmarks.capacity --config configs/default.toml --mode latency --levels 1,2,3
 
 `--mode frames` (for the cheap echo stack): at each level, N calls connect, then all of them talk (the standard
@@ -13,8 +13,10 @@ reports its own loop lag, so client saturation can be told from server saturatio
 sessions; a level passes while its median voice-to-voice latency stays within `--latency-factor` (1.5) of the
 single-session median.
 
-A fresh server is started per level with `--config`, so one level's leftovers never weigh on the next. Writes
-OUTDIR/capacity.json and capacity.md.
+Every level reports the late-frame ratio, engine-added latency p95 per direction, voice-to-voice p50/p95 and the
+server's CPU and resident memory per call (its growth over the idle server, divided by the calls). A fresh server
+is started per level with `--config`, so one level's leftovers never weigh on the next. Writes
+OUTDIR/capacity.json, capacity.md and capacity.png.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where.add_argument("--url", help="a running server (its max_sessions must allow the highest level)")
     p.add_argument("--workers", type=int, help="with --config: server worker processes")
     p.add_argument("--mode", choices=("frames", "latency"), default="frames")
-    p.add_argument("--levels", default="4,8,12,16,20,24,28,32", help="concurrent call counts to try, ascending")
+    p.add_argument("--levels", help="concurrent call counts to try (default: 1,8,16,24,32 in frames mode, 1,2,3 in "
+                   "latency mode)")
     p.add_argument("--scenarios", type=Path, default=DEFAULT_SCENARIOS, help="speech to play (default: corpus)")
     p.add_argument("--limit", type=int, help="latency mode: play only the first N scenarios per session")
     p.add_argument("--duration", type=float, default=30.0, help="frames mode: seconds all calls talk per level")
@@ -73,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-after", type=int, default=2, help="stop after this many failing levels in a row")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    if args.levels is None:
+        args.levels = "1,8,16,24,32" if args.mode == "frames" else "1,2,3"
     try:
         args.level_list = sorted({int(x) for x in args.levels.split(",") if x.strip()})
     except ValueError:
@@ -144,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / "capacity.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "capacity.md").write_text(markdown(report))
+    plot(report, out / "capacity.png")
     print(markdown(report))
     return 0
 
@@ -167,6 +173,8 @@ def frames_level(url: str, parent: int | None, level: int, scenarios: list[Scena
     setup_s = 4.0 + 0.35 * max(share)  # connects are staggered; each takes ~0.2–0.5 s on a busy machine
     start_at = time.monotonic() + setup_s
     end_at = start_at + args.duration
+    pids = sp.server_pids(url, parent)
+    idle = _rss_bytes(pids)  # the server before any call: what the calls add is measured against it
     ctx = mp.get_context("spawn")
     pipes: list[Connection] = []
     procs = []
@@ -177,7 +185,6 @@ def frames_level(url: str, parent: int | None, level: int, scenarios: list[Scena
         proc.start()
         pipes.append(mine)
         procs.append(proc)
-    pids = sp.server_pids(url, parent)
     watch = asyncio.run(_watch(pids, start_at, end_at))
     lag = sp.loop_lag(url)
     calls: list[dict[str, Any]] = []
@@ -211,12 +218,32 @@ def frames_level(url: str, parent: int | None, level: int, scenarios: list[Scena
         "lateness_max_ms": max((c.get("lateness_max_ms", 0.0) for c in calls), default=None),
         "turns": sum(c.get("turns", 0) for c in calls),
         "failed_turns": sum(c.get("failed_turns", 0) for c in calls),
-        "v2v_ms": percentiles(v2v, (50, 90)),
+        "v2v_ms": percentiles(v2v, (50, 90, 95)),
+        "engine_inbound_ms": percentiles((v for c in calls for v in c.get("inbound_ms", [])), (50, 95)),
+        "engine_outbound_ms": percentiles((v for c in calls for v in c.get("outbound_ms", [])), (50, 95)),
+        "decision_late_ms": percentiles((v for c in calls for v in c.get("decision_late_ms", [])), (50, 95)),
+        **_per_call(watch, idle, level),
         "client_processes": len(share),
         "client_loop_lag_ms": {"p99_max": max((x["p99"] or 0.0 for x in client_lag), default=None),
                                "max": max((x["max"] or 0.0 for x in client_lag), default=None)},
         "server": {"process": watch, "event_loop_lag_max_ms": lag},
     }
+
+
+def _rss_bytes(pids: list[int]) -> int | None:
+    samples = [sp.read_proc(p) for p in pids]
+    return sum(s.rss_bytes for s in samples if s is not None) if pids else None
+
+
+def _per_call(watch: dict[str, Any], idle_rss: int | None, level: int) -> dict[str, Any]:
+    """Server CPU (cores) and resident memory (MiB) one call costs at this level."""
+    if not watch.get("available"):
+        return {"cpu_per_call_cores": None, "rss_per_call_mib": None}
+    rss_per_call = None
+    if idle_rss is not None:
+        rss_per_call = round((watch["rss_peak_mib"] - idle_rss / (1024 * 1024)) / level, 2)
+    return {"cpu_per_call_cores": round(watch["cpu_cores_used"] / level, 4), "rss_per_call_mib": rss_per_call,
+            "rss_idle_mib": round(idle_rss / (1024 * 1024), 1) if idle_rss is not None else None}
 
 
 async def _watch(pids: list[int], start_at: float, end_at: float) -> dict[str, Any]:
@@ -231,6 +258,12 @@ async def _watch(pids: list[int], start_at: float, end_at: float) -> dict[str, A
 def _client_main(conn: Connection, url: str, calls: int, index: int, scenario_dir: str, start_at: float,
                  end_at: float, late_ms: float, overrides: dict[str, Any]) -> None:
     import uvloop
+
+    from realtime.transports import aiortc_tuning
+
+    # The callers share the server's cores: they decode with the server's cheaper receive path (mono, no Task
+    # a frame), so less of the machine goes to the load generator.
+    aiortc_tuning.install()
 
     scenarios = load_scenarios(scenario_dir)
     result = uvloop.run(_client(url, calls, index, scenarios, start_at, end_at, late_ms, overrides))
@@ -262,7 +295,10 @@ async def _client(url: str, n: int, index: int, scenarios: list[Scenario], start
         analysed = [t for t in analyse_call(record) if t["turn"] < len(record.turns)]
         ok = [t for t in analysed if t.get("ok")]
         return {**pace.as_dict(), "error": record.error, "turns": len(analysed),
-                "failed_turns": len(analysed) - len(ok), "v2v_ms": [t["v2v_ms"] for t in ok]}
+                "failed_turns": len(analysed) - len(ok), "v2v_ms": [t["v2v_ms"] for t in ok],
+                "inbound_ms": [t["engine_inbound_ms"] for t in ok],
+                "decision_late_ms": [t["decision_late_ms"] for t in ok],
+                "outbound_ms": [t["engine_outbound_ms"] for t in ok if t.get("engine_outbound_ms") is not None]}
 
     results = await asyncio.gather(*(one(k) for k in range(n)))
     await probe.stop()
@@ -285,10 +321,14 @@ def latency_level(url: str, parent: int | None, level: int, scenarios: list[Scen
     report["server"]["source"] = url
     write_report(report, out / f"level-{level}")
     s = report["arms"]["default"]["summary"]
-    return {"level": level, "passed": False, "v2v_ms": s["v2v_ms"], "turns": s["turns"],
+    turns = report["arms"]["default"]["turns"]
+    proc = report["server"]["process"]
+    return {"level": level, "passed": False,
+            "v2v_ms": percentiles((t["v2v_ms"] for t in turns if t.get("ok")), (50, 90, 95)), "turns": s["turns"],
             "failed_turns": s["failed_turns"] + s["failed_sessions"], "late_frame_ratio": s["late_frame_ratio"],
             "engine_inbound_ms": s["engine_inbound_ms"], "engine_outbound_ms": s["engine_outbound_ms"],
-            "server": report["server"]}
+            "cpu_per_call_cores": round(proc["cpu_cores_used"] / level, 4) if proc.get("available") else None,
+            "rss_per_call_mib": proc.get("rss_per_session_mib"), "server": report["server"]}
 
 
 # --- output --------------------------------------------------------------------------------------------------
@@ -319,23 +359,76 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     if report["mode"] == "frames":
-        lines += ["| calls | pass | late frames | late ratio | lateness p99 ms | max ms | failed calls | v2v p50 "
-                  "| server cores used | client lag p99 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| calls | pass | late frames | late ratio | lateness p99 / max ms | engine in / out p95 ms "
+                  "| decision late p95 ms | v2v p50 / p95 ms | failed calls | server cores | cores per call "
+                  "| MiB per call | client lag p99 ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["levels"]:
             proc = r["server"]["process"]
             lines.append(
                 f"| {r['level']} | {'yes' if r['passed'] else 'no'} | {r['late_frames']} | {r['late_frame_ratio']} "
-                f"| {r['lateness_p99_ms']} | {r['lateness_max_ms']} | {r['failed_calls']} | {r['v2v_ms']['p50']} "
-                f"| {proc.get('cpu_cores_used', '–')} | {r['client_loop_lag_ms']['p99_max']} |")
+                f"| {r['lateness_p99_ms']} / {r['lateness_max_ms']} | {_p95(r, 'engine_inbound_ms')} / "
+                f"{_p95(r, 'engine_outbound_ms')} | {_p95(r, 'decision_late_ms')} "
+                f"| {r['v2v_ms']['p50']} / {r['v2v_ms'].get('p95')} "
+                f"| {r['failed_calls']} | {proc.get('cpu_cores_used', '–')} | {r.get('cpu_per_call_cores')} "
+                f"| {r.get('rss_per_call_mib')} | {r['client_loop_lag_ms']['p99_max']} |")
     else:
-        lines += ["| sessions | pass | v2v p50 | ratio | p90 | failed turns | inbound p95 | outbound p95 |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| sessions | pass | v2v p50 | ratio | p95 | failed turns | late ratio | engine in / out p95 ms "
+                  "| cores per call | MiB per call |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["levels"]:
             lines.append(
                 f"| {r['level']} | {'yes' if r['passed'] else 'no'} | {r['v2v_ms']['p50']} | {r['v2v_ratio']} "
-                f"| {r['v2v_ms']['p90']} | {r['failed_turns']} | {r['engine_inbound_ms']['p95']} "
-                f"| {r['engine_outbound_ms']['p95']} |")
+                f"| {r['v2v_ms'].get('p95')} | {r['failed_turns']} | {r['late_frame_ratio']} "
+                f"| {_p95(r, 'engine_inbound_ms')} / {_p95(r, 'engine_outbound_ms')} "
+                f"| {r.get('cpu_per_call_cores')} | {r.get('rss_per_call_mib')} |")
     return "\n".join(lines) + "\n"
+
+
+def _p95(r: dict[str, Any], key: str) -> Any:
+    return (r.get(key) or {}).get("p95")
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Four panels against the call count: late frames, engine-added p95, voice-to-voice, cost per call."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = report["levels"]
+    if not levels:
+        return
+    n = [r["level"] for r in levels]
+
+    def series(get: Any) -> list[float]:
+        out = []
+        for r in levels:
+            v = get(r)
+            out.append(float("nan") if v is None else float(v))
+        return out
+
+    fig, ax = plt.subplots(2, 2, figsize=(10, 7))
+    ax[0][0].plot(n, series(lambda r: 100.0 * (r.get("late_frame_ratio") or 0.0)), "o-")
+    ax[0][0].axhline(0.1, color="grey", ls=":", label="0.1 %")
+    ax[0][0].set(title="late frames", ylabel="% of received frames")
+    ax[0][0].legend()
+    ax[0][1].plot(n, series(lambda r: _p95(r, "engine_inbound_ms")), "o-", label="inbound p95")
+    ax[0][1].plot(n, series(lambda r: _p95(r, "engine_outbound_ms")), "s-", label="outbound p95")
+    ax[0][1].set(title="engine-added latency", ylabel="ms")
+    ax[0][1].legend()
+    ax[1][0].plot(n, series(lambda r: r["v2v_ms"].get("p50")), "o-", label="p50")
+    ax[1][0].plot(n, series(lambda r: r["v2v_ms"].get("p95")), "s-", label="p95")
+    ax[1][0].set(title="voice to voice (caller side)", ylabel="ms", xlabel="concurrent calls")
+    ax[1][0].legend()
+    cpu = ax[1][1]
+    cpu.plot(n, series(lambda r: r.get("cpu_per_call_cores")), "o-", color="C0")
+    cpu.set(title="server cost per call", ylabel="CPU cores", xlabel="concurrent calls")
+    mem = cpu.twinx()
+    mem.plot(n, series(lambda r: r.get("rss_per_call_mib")), "s--", color="C1")
+    mem.set_ylabel("resident MiB", color="C1")
+    fig.suptitle(f"Parley capacity ({report['mode']} mode, {report['server']}) — {report['date'][:10]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

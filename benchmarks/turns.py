@@ -169,6 +169,10 @@ def _analyse_turn(rec: CallRecord, turn: TurnPlay, origin: float, late_ms: float
         "stages_ms": stages,
         "decision_source": decision_source,
         "engine_inbound_ms": round((decision - t0 - end_of_turn_s) * 1000.0, 1),
+        # engine_inbound_ms in two parts: how late the server dated the speech end (VAD and energy refinement),
+        # and how late the decision came after the silence it needed (inbox, timer and event-loop delay: load).
+        "speech_end_dating_ms": round((speech_end - t0) * 1000.0, 1),
+        "decision_late_ms": round((decision - speech_end - end_of_turn_s) * 1000.0, 1),
         "engine_outbound_ms": outbound,
         "outbound_audible_ms": _ms(release, audible),
         "vad_stop_ms": round((stopped - t0) * 1000.0, 1) if stopped is not None else None,

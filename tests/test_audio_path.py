@@ -112,3 +112,83 @@ def test_in_order_buffer_releases_at_once_and_drops_late_packets() -> None:
     released = [buf.add(packet(s))[1] for s in (65534, 65535, 0, 2, 1, 2, 3)]
     assert [f.data[0] if f else None for f in released] == [254, 255, 0, 2, None, None, 3]
     assert buf.dropped == 2
+
+
+def _tone_frames(hz: float, n: int) -> list:
+    from fractions import Fraction
+
+    from av import AudioFrame
+
+    t = np.arange(960 * n) / 48000.0
+    pcm = (0.3 * np.sin(2 * np.pi * hz * t) * 32767).astype(np.int16)
+    frames = []
+    for i in range(n):
+        f = AudioFrame.from_ndarray(pcm[None, i * 960 : (i + 1) * 960], format="s16", layout="mono")
+        f.sample_rate, f.pts, f.time_base = 48000, i * 960, Fraction(1, 48000)
+        frames.append(f)
+    return frames
+
+
+def test_replies_go_out_as_mono_opus_that_any_opus_decoder_plays() -> None:
+    from aiortc.codecs.opus import OpusDecoder, OpusEncoder
+    from aiortc.jitterbuffer import JitterFrame
+
+    from realtime.transports.aiortc_tuning import MonoOpusEncoder
+
+    mono, stereo = MonoOpusEncoder(), OpusEncoder()
+    packets, stereo_bytes = [], 0
+    for frame in _tone_frames(440.0, 50):
+        payloads, timestamp = mono.encode(frame)
+        packets += [(p, timestamp) for p in payloads]
+        stereo_bytes += sum(len(p) for p in stereo.encode(frame)[0])
+    assert len(packets) >= 48
+    assert all(p[0] & 0x04 == 0 for p, _ in packets)  # the TOC byte's stereo flag (RFC 6716 §3.1) is off
+    assert sum(len(p) for p, _ in packets) < 0.8 * stereo_bytes  # less bandwidth than aiortc's stereo stream
+    # A browser's (or aiortc's stock) stereo decoder plays it: both channels carry the tone, in pitch.
+    decoder = OpusDecoder()
+    pcm = np.concatenate([f.to_ndarray().reshape(-1, 2) for p, ts in packets
+                          for f in decoder.decode(JitterFrame(data=p, timestamp=ts))])
+    assert np.array_equal(pcm[:, 0], pcm[:, 1])
+    tail = pcm[-24000:, 0].astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(tail))
+    assert abs(np.argmax(spectrum) * 48000 / tail.size - 440.0) < 5.0
+
+
+def test_decoder_thread_hands_mono_frames_to_the_loop_and_ends_the_track() -> None:
+    import asyncio
+    import queue
+    import threading
+
+    from aiortc.codecs.opus import OpusEncoder
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from realtime.transports.aiortc_tuning import decoder_worker
+
+    codec = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+    encoder = OpusEncoder()  # what a browser sends: stereo Opus
+    encoded = []
+    for frame in _tone_frames(300.0, 20):
+        payloads, ts = encoder.encode(frame)
+        encoded += [(p, ts) for p in payloads]
+
+    async def run() -> tuple[list, bool]:
+        from aiortc.jitterbuffer import JitterFrame
+
+        out: asyncio.Queue = asyncio.Queue()
+        inq: queue.Queue = queue.Queue()
+        for p, ts in encoded:
+            inq.put((codec, JitterFrame(data=p, timestamp=ts)))
+        inq.put((codec, JitterFrame(data=b"\xff" * 3, timestamp=0)))  # garbage: logged, flagged, not fatal
+        inq.put(None)
+        error = threading.Event()
+        thread = threading.Thread(target=decoder_worker, args=(asyncio.get_running_loop(), inq, out, error))
+        thread.start()
+        frames = []
+        while (frame := await asyncio.wait_for(out.get(), 5)) is not None:
+            frames.append(frame)
+        thread.join(5)
+        return frames, error.is_set()
+
+    frames, flagged = asyncio.run(run())
+    assert len(frames) == len(encoded) and flagged
+    assert all(f.layout.name == "mono" and f.sample_rate == 48000 and f.samples == 960 for f in frames)

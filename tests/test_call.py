@@ -19,10 +19,14 @@ GREEDY = {"temperature": 0.0}
 
 
 async def one_turn(call: ParleyCall, audio: np.ndarray, rate: int) -> tuple[float, dict]:
-    """Play one utterance, wait for the reply to finish; returns (speech end time, response.done)."""
+    """Play one utterance, wait for the reply to finish; returns (speech end time, response.done).
+
+    A reply cancelled on the way is not the answer: the semantic end of turn may answer a synthesized sentence at
+    a pause inside it, and false-end recovery then drops that reply and answers the whole sentence."""
     start = time.monotonic()
     call.play(np.concatenate([silence(300, rate), audio]), rate, marks={"end": int(rate * 0.3) + audio.size})
-    done = await call.wait_for("response.done", timeout=60, after=start)
+    done = await call.wait_for("response.done", timeout=60, after=start,
+                               where=lambda e: e["response"].get("status") != "cancelled")
     return call.mic.mark_times["end"], done
 
 

@@ -20,6 +20,7 @@ import pytest
 from benchmarks.latency import parse_arms, schedule
 from benchmarks.pacing import pacing
 from benchmarks.scenarios import ScenarioError, load_scenarios, speech_bounds
+from benchmarks.sipp_media import free_udp_port
 from benchmarks.wire import WireLog
 from realtime.audio import Resampler
 from tests.conftest import ROOT, free_port, silence, speak
@@ -308,4 +309,35 @@ def test_capacity_ramp_reports_each_level(tmp_path: Path, tiny_scenarios: Path) 
     for level in report["levels"]:
         assert level["failed_calls"] == 0 and level["frames"] > 200 * level["level"]
         assert level["server"]["process"]["cpu_s"] > 0
-    assert "capacity" in report and (out / "capacity.md").exists()
+        # What a capacity planner reads per level: cost per call, and the latency the engine adds each way.
+        assert 0 < level["cpu_per_call_cores"] < 1 and level["rss_per_call_mib"] is not None
+        assert level["engine_inbound_ms"]["p95"] is not None and level["engine_outbound_ms"]["p95"] is not None
+        assert level["v2v_ms"]["p95"] is not None
+    assert "capacity" in report and (out / "capacity.md").exists() and (out / "capacity.png").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_soak_mixes_every_kind_of_call_and_finds_no_leak(tmp_path: Path, tiny_scenarios: Path) -> None:
+    """A short soak: WebRTC, barge-in, SIGKILLed callers, SIP (real SIPp) and Twilio at once, then the leak check."""
+    sip_port = free_udp_port()
+    config = tmp_path / "soak.toml"
+    config.write_text(ECHO + f'[telephony]\ntwilio = true\nsip = true\nsip_port = {sip_port}\n'
+                      'rtp_port_min = 34000\nrtp_port_max = 34999\n[webrtc]\nmedia_timeout_ms = 3000\n')
+    out = tmp_path / "soak"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.soak", "--config", str(config), "--calls", "5", "--duration", "30",
+         "--call-s", "6,10", "--warmup-s", "10", "--sample-s", "2", "--scenarios", str(tiny_scenarios),
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=220)
+    report = json.loads((out / "soak.json").read_text())
+    kinds = report["calls_by_kind"]
+    assert set(kinds) == {"webrtc", "barge", "vanish", "sip", "twilio"}, proc.stderr[-2000:]
+    for kind, t in kinds.items():
+        assert t["calls"] >= 1 and t["failed_calls"] == 0, (kind, t)
+    assert kinds["barge"]["barge_ins"] >= 1, kinds["barge"]
+    # Every call ended (the killed callers by the media timeout): nothing is left behind in the server.
+    assert report["leaks"]["sessions"] == 0 and report["leaks"]["peer_connections"] == 0, report["leaks"]
+    assert report["leaks"]["tasks"] <= 0, report["leaks"]
+    assert report["peak_sessions"] >= 3 and len(report["samples"]) >= 5
+    assert (out / "soak.md").exists() and (out / "soak.png").exists()

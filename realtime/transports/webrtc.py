@@ -18,6 +18,7 @@ from collections import deque
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
@@ -67,7 +68,10 @@ class PlayoutTrack(MediaStreamTrack):
         if self._clock is None:
             self._clock = TrackClock(rate)
         pts = await self._clock.next_frame(playout.frame_samples)
-        frame = AudioFrame.from_ndarray(to_int16(playout.next_frame())[None, :], format="s16", layout="mono")
+        samples = playout.next_frame()
+        # Most frames of a call are silence: skip the float→int16 conversion for them.
+        pcm = to_int16(samples)[None, :] if samples.any() else np.zeros((1, samples.size), np.int16)
+        frame = AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
         frame.sample_rate = rate
         frame.pts = pts
         frame.time_base = Fraction(1, rate)
