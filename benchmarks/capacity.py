@@ -189,14 +189,18 @@ def frames_level(url: str, parent: int | None, level: int, scenarios: list[Scena
     lag = sp.loop_lag(url)
     calls: list[dict[str, Any]] = []
     client_lag: list[dict[str, Any]] = []
-    for pipe, proc in zip(pipes, procs, strict=True):
-        if pipe.poll(end_at - time.monotonic() + 120):
-            result = pipe.recv()
+    for pipe, proc, n in zip(pipes, procs, share, strict=True):
+        try:
+            result = pipe.recv() if pipe.poll(max(0.0, end_at - time.monotonic()) + 120) else None
+        except (EOFError, OSError):
+            result = None  # the client process died without a result
+        proc.join(10)
+        if result is not None and "calls" in result:
             calls += result["calls"]
             client_lag.append(result["loop_lag_ms"])
         else:
-            calls.append({"error": "client process gave no result", "frames": 0, "late": 0})
-        proc.join(10)
+            error = (result or {}).get("error", f"client process gave no result (exit code {proc.exitcode})")
+            calls += [{"error": error, "frames": 0, "late": 0}] * n
         if proc.is_alive():
             proc.kill()
     frames = sum(c["frames"] for c in calls)
@@ -266,7 +270,10 @@ def _client_main(conn: Connection, url: str, calls: int, index: int, scenario_di
     aiortc_tuning.install()
 
     scenarios = load_scenarios(scenario_dir)
-    result = uvloop.run(_client(url, calls, index, scenarios, start_at, end_at, late_ms, overrides))
+    try:
+        result = uvloop.run(_client(url, calls, index, scenarios, start_at, end_at, late_ms, overrides))
+    except Exception as exc:  # reported as this process's calls failing, not a crash of the whole ramp
+        result = {"error": f"client process failed: {type(exc).__name__}: {exc}"}
     conn.send(result)
     conn.close()
 

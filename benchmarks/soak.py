@@ -469,12 +469,16 @@ async def _run(args: argparse.Namespace, url: str, parent: int, scenarios: list[
         for (kind, _), tally in zip(jobs, results, strict=True):
             tallies[kind].add(tally)
         for pipe, proc in pipes:
-            got = await asyncio.to_thread(pipe.poll, max(0.0, end_at - time.monotonic()) + 180)
-            if got:
-                for kind, summary in pipe.recv().items():
+            try:
+                got = await asyncio.to_thread(pipe.poll, max(0.0, end_at - time.monotonic()) + 180)
+                result = pipe.recv() if got else None
+            except (EOFError, OSError):
+                result = None
+            if result is not None:
+                for kind, summary in result.items():
                     tallies[kind].add(_from_summary(summary))
             else:
-                tallies["webrtc"].failure("a caller process gave no result")
+                tallies["webrtc"].failure(f"a caller process gave no result (exit code {proc.exitcode})")
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
