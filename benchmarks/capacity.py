@@ -46,11 +46,10 @@ from benchmarks.latency import parse_args as latency_args
 from benchmarks.pacing import LATE_MS, pacing
 from benchmarks.report import write_report
 from benchmarks.runinfo import LoopProbe, git_commit, load_average, machine
-from benchmarks.scenarios import Scenario, ScenarioError, Turn, load_scenarios
+from benchmarks.scenarios import STANDARD_CORPUS, Scenario, Turn, load_for_command, load_scenarios
 from benchmarks.summary import percentiles
 from benchmarks.turns import analyse_call
 
-DEFAULT_SCENARIOS = Path(__file__).resolve().parent / "corpus" / "audio"
 CALLS_PER_CLIENT = 6  # aiortc calls one client process drives before its own loop lag shows in the figures
 
 
@@ -63,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=("frames", "latency"), default="frames")
     p.add_argument("--levels", help="concurrent call counts to try (default: 1,8,16,24,32 in frames mode, 1,2,3 in "
                    "latency mode)")
-    p.add_argument("--scenarios", type=Path, default=DEFAULT_SCENARIOS, help="speech to play (default: corpus)")
+    p.add_argument("--scenarios", type=Path, default=STANDARD_CORPUS, help="speech to play (default: corpus)")
     p.add_argument("--limit", type=int, help="latency mode: play only the first N scenarios per session")
     p.add_argument("--duration", type=float, default=30.0, help="frames mode: seconds all calls talk per level")
     p.add_argument("--calls-per-client", type=int, default=CALLS_PER_CLIENT)
@@ -90,11 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python -m benchmarks.capacity " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    try:
-        scenarios = load_scenarios(args.scenarios)
-    except ScenarioError as exc:
-        hint = " (generate it: python -m benchmarks.corpus)" if args.scenarios == DEFAULT_SCENARIOS else ""
-        print(f"benchmarks.capacity: {exc}{hint}", file=sys.stderr)
+    scenarios = load_for_command(args.scenarios, "benchmarks.capacity")
+    if scenarios is None:
         return 2
     try:
         overrides = parse_arms(None, args.session)[0].overrides

@@ -18,6 +18,7 @@ trimmed ones. The whole file is still played.
 from __future__ import annotations
 
 import json
+import sys
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,19 @@ class RenderedTurn:
 class Scenario:
     name: str
     turns: tuple[Turn, ...]
+
+
+STANDARD_CORPUS = Path(__file__).resolve().parent / "corpus" / "audio"
+
+
+def load_for_command(directory: Path, prog: str) -> list[Scenario] | None:
+    """`load_scenarios` for a command line: None after printing why (and how to build the standard corpus)."""
+    try:
+        return load_scenarios(directory)
+    except ScenarioError as exc:
+        hint = " (generate it: python -m benchmarks.corpus)" if directory == STANDARD_CORPUS else ""
+        print(f"{prog}: {exc}{hint}", file=sys.stderr)
+        return None
 
 
 def load_scenarios(directory: str | Path) -> list[Scenario]:

@@ -47,11 +47,10 @@ from benchmarks import server_process as sp
 from benchmarks.client import RATE, ParleyCall
 from benchmarks.conversation import CallRecord, play_scenario
 from benchmarks.runinfo import git_commit, load_average, machine
-from benchmarks.scenarios import Scenario, ScenarioError, Turn, load_scenarios
+from benchmarks.scenarios import STANDARD_CORPUS, Scenario, Turn, load_for_command, load_scenarios
 from benchmarks.summary import percentiles
 from benchmarks.turns import analyse_call, call_pacing
 
-DEFAULT_SCENARIOS = Path(__file__).resolve().parent / "corpus" / "audio"
 SIP_SCENARIO = Path(__file__).resolve().parent.parent / "tests" / "sip" / "call.xml"
 KINDS = ("webrtc", "barge", "vanish", "sip", "twilio")
 DEFAULT_MIX = "webrtc=14,barge=4,vanish=2,sip=2,twilio=2"
@@ -74,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "caller is noticed after [webrtc] media_timeout_ms)")
     p.add_argument("--call-s", default=f"{CALL_S[0]:g},{CALL_S[1]:g}", metavar="MIN,MAX",
                    help="how long one call lasts, uniform between MIN and MAX seconds")
-    p.add_argument("--scenarios", type=Path, default=DEFAULT_SCENARIOS, help="speech the callers play")
+    p.add_argument("--scenarios", type=Path, default=STANDARD_CORPUS, help="speech the callers play")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -390,11 +389,8 @@ async def _twilio_slot(url: str, speech: Any, rate: int, k: int, end_at: float, 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python -m benchmarks.soak " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    try:
-        scenarios = load_scenarios(args.scenarios)
-    except ScenarioError as exc:
-        hint = " (generate it: python -m benchmarks.corpus)" if args.scenarios == DEFAULT_SCENARIOS else ""
-        print(f"benchmarks.soak: {exc}{hint}", file=sys.stderr)
+    scenarios = load_for_command(args.scenarios, "benchmarks.soak")
+    if scenarios is None:
         return 2
     telephony = tomllib.loads(args.config.read_text()).get("telephony", {})
     missing = [k for k, on in (("sip", telephony.get("sip")), ("twilio", telephony.get("twilio")))

@@ -90,7 +90,7 @@ def audio_level_dbov(frame: AudioFrame) -> int:
 
 
 class MonoOpusEncoder(OpusEncoder):
-    """aiortc's Opus encoder (same packets, timestamps and pacing), one channel instead of two."""
+    """aiortc's Opus encoder (same 20 ms packets and timestamps), one channel instead of two."""
 
     def __init__(self) -> None:  # aiortc's __init__ would open a stereo encoder first, only to be replaced
         self.first_packet_pts: int | None = None
