@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import av
+import av.filter
 import numpy as np
 
 ENGINE_RATE = 16000  # what the VAD and tokenizer consume: mono float32 at 16 kHz
@@ -16,7 +17,7 @@ class Resampler:
         self.out_rate = out_rate
         self._layout = in_layout
         self._passthrough = in_rate == out_rate and in_layout == "mono"
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=out_rate)
+        self._graph: av.filter.Graph | None = None
         self._pts = 0
 
     def process(self, samples: np.ndarray) -> np.ndarray:
@@ -34,10 +35,33 @@ class Resampler:
         frame.sample_rate = frame.sample_rate or self.in_rate
         frame.pts = self._pts
         self._pts += frame.samples
-        out = self._resampler.resample(frame)
+        if self._graph is None:
+            self._graph = self._build(frame)
+        self._graph.push(frame)
+        out = []
+        while True:
+            try:
+                out.append(self._graph.pull())
+            except (EOFError, av.error.BlockingIOError):
+                break
         if not out:
             return np.zeros(0, np.float32)
         return np.concatenate([f.to_ndarray().reshape(-1) for f in out]).astype(np.float32, copy=False)
+
+    def _build(self, frame: av.AudioFrame) -> av.filter.Graph:
+        """The filter chain av.AudioResampler builds, on one thread: FFmpeg gives every graph a pool of one thread
+        per core by default, two idle threads per resampler here, which piled up by the hundred under load (one
+        resampler per call and per reply) and took their stacks and malloc arenas with them."""
+        graph = av.filter.Graph()
+        graph.threads = 1
+        source = graph.add("abuffer", sample_rate=str(frame.sample_rate), sample_fmt=frame.format.name,
+                           channel_layout=frame.layout.name, time_base=f"1/{frame.sample_rate}")
+        convert = graph.add("aformat", sample_rates=str(self.out_rate), sample_fmts="flt", channel_layouts="mono")
+        sink = graph.add("abuffersink")
+        source.link_to(convert)
+        convert.link_to(sink)
+        graph.configure()
+        return graph
 
 
 def resample(audio: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
