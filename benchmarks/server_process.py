@@ -234,14 +234,21 @@ class ProcessWatch:
         }
 
 
+def healthz_by_worker(url: str, pids: list[int] | None = None, tries: int = 6) -> dict[int, dict[str, Any]]:
+    """/healthz of each worker: every connection lands on one worker, so ask until each of `pids` has answered
+    (or `tries` times when the pids are not known)."""
+    wanted = set(pids or [])
+    out: dict[int, dict[str, Any]] = {}
+    for _ in range(tries):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            h = healthz(url)
+            out[int(h["pid"])] = h
+        if wanted and wanted <= set(out):
+            break
+    return out
+
+
 def loop_lag(url: str, tries: int = 6) -> dict[str, float]:
     """`event_loop_lag_max_ms` per worker pid (each new connection may land on another worker)."""
-    out: dict[str, float] = {}
-    for _ in range(tries):
-        try:
-            h = healthz(url)
-        except (OSError, ValueError, urllib.error.URLError):
-            continue
-        if "pid" in h and "event_loop_lag_max_ms" in h:
-            out[str(h["pid"])] = float(h["event_loop_lag_max_ms"])
-    return out
+    return {str(pid): float(h["event_loop_lag_max_ms"]) for pid, h in healthz_by_worker(url, tries=tries).items()
+            if "event_loop_lag_max_ms" in h}

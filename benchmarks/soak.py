@@ -141,19 +141,6 @@ def _proc_counts(pid: int) -> tuple[int, int]:
     return fds, threads
 
 
-def _workers_health(url: str, pids: list[int], tries: int = 12) -> dict[int, dict[str, Any]]:
-    """/healthz of every worker: each connection lands on one worker, so ask until each has answered."""
-    wanted = set(pids)
-    out: dict[int, dict[str, Any]] = {}
-    for _ in range(tries):
-        with contextlib.suppress(OSError, ValueError):
-            h = sp.healthz(url)
-            out[int(h["pid"])] = h
-        if wanted and wanted <= set(out):
-            break
-    return out
-
-
 def sample(url: str, server_pids: list[int], worker_pids: list[int], t0: float) -> Sample:
     rss, cpu, fds, threads = 0, 0.0, 0, 0
     for pid in server_pids:
@@ -164,7 +151,7 @@ def sample(url: str, server_pids: list[int], worker_pids: list[int], t0: float) 
         f, th = _proc_counts(pid)
         fds += f
         threads += th
-    health = _workers_health(url, worker_pids)
+    health = sp.healthz_by_worker(url, worker_pids, tries=12)
     return Sample(
         t=round(time.monotonic() - t0, 1), rss_mib=round(rss / (1024 * 1024), 1), fds=fds, threads=threads,
         cpu_s=round(cpu, 2), sessions=sum(int(h.get("sessions", 0)) for h in health.values()),
