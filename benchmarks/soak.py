@@ -128,6 +128,8 @@ class Sample:
     peer_connections: int
     tasks: int
     loop_lag_max_ms: float
+    gc_collections: int = 0  # full collections after calls ended (realtime/reclaim.py), all workers
+    gc_pause_max_ms: float = 0.0
 
 
 def _proc_counts(pid: int) -> tuple[int, int]:
@@ -157,7 +159,9 @@ def sample(url: str, server_pids: list[int], worker_pids: list[int], t0: float) 
         cpu_s=round(cpu, 2), sessions=sum(int(h.get("sessions", 0)) for h in health.values()),
         peer_connections=sum(int(h.get("peer_connections", 0)) for h in health.values()),
         tasks=sum(int(h.get("tasks", 0)) for h in health.values()),
-        loop_lag_max_ms=max((float(h.get("event_loop_lag_max_ms", 0.0)) for h in health.values()), default=0.0))
+        loop_lag_max_ms=max((float(h.get("event_loop_lag_max_ms", 0.0)) for h in health.values()), default=0.0),
+        gc_collections=sum(int(h.get("gc", {}).get("collections", 0)) for h in health.values()),
+        gc_pause_max_ms=max((float(h.get("gc", {}).get("max_pause_ms", 0.0)) for h in health.values()), default=0.0))
 
 
 # --- WebRTC callers (child processes) -----------------------------------------------------------------------------
@@ -513,13 +517,16 @@ def summarize(args: argparse.Namespace, idle: Sample, final: Sample, samples: li
         "duration_s": args.duration, "calls": args.calls, "slots": {k: args.slots.count(k) for k in KINDS},
         "warmup_s": args.warmup_s,
         "rss_growth_percent": growth,
-        "rss_mib": {"idle": idle.rss_mib, "after_warmup": statistics.median(after_warmup) if after_warmup else None,
-                    "end": statistics.median(at_end) if at_end else None,
+        "rss_mib": {"idle": idle.rss_mib,
+                    "after_warmup": round(statistics.median(after_warmup), 1) if after_warmup else None,
+                    "end": round(statistics.median(at_end), 1) if at_end else None,
                     "peak": max((s.rss_mib for s in samples), default=None), "final_idle": final.rss_mib},
         "leaks": leaks, "settled_s": round(settled_s, 1),
         "idle": idle.__dict__, "final": final.__dict__,
         "peak_sessions": max((s.sessions for s in samples), default=0),
         "event_loop_stall_max_ms": max((s.loop_lag_max_ms for s in samples), default=None),
+        "gc": {"collections": max((s.gc_collections for s in samples), default=0),
+               "pause_max_ms": max((s.gc_pause_max_ms for s in samples), default=None)},
         "server_cores_used": _cores(samples, args.duration),
         "calls_by_kind": {k: t.summary() for k, t in sorted(tallies.items())},
         "all_calls": total.summary(),
@@ -554,7 +561,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{rss['end']} (**{r['rss_growth_percent']} %**), peak {rss['peak']}, idle again {rss['final_idle']}",
         "- leaked after the last call (+{:g} s): ".format(r["settled_s"])
         + ", ".join(f"{k} {v}" for k, v in r["leaks"].items()),
-        f"- longest event-loop stall: {r['event_loop_stall_max_ms']} ms",
+        f"- longest event-loop stall: {r['event_loop_stall_max_ms']} ms; full collections after calls ended: "
+        f"{r['gc']['collections']}, the longest {r['gc']['pause_max_ms']} ms",
         "",
         "| calls | placed | failed | turns | failed turns | late frames | barge-ins | v2v p50 / p95 ms | errors |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -98,6 +98,8 @@ async def healthz(request: web.Request) -> web.Response:
         "uptime_s": round(time.time() - engine.started_at, 1),
         "event_loop_lag_max_ms": round(probe.max_ms, 2),
         "event_loop_lag_recent_max_ms": round(probe.recent_max_ms, 2),
+        # Full collections after calls end (realtime/reclaim.py): how often, and how long each held the loop.
+        "gc": engine.reclaimer.report(),
         "ice": ice.summary(engine.config.ice),
         "models": engine.stack.info if engine.ready else {},
         "warm_up_ms": engine.warm_up.stage_ms if engine.warm_up is not None else {},
@@ -159,6 +161,8 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     try:
         while (event := await queue.get()) is not None:
             await ws.send_json(event)
+    except ConnectionResetError:
+        pass  # the client closed its tap while events were on the way: theirs to close, not an error
     finally:
         session.unsubscribe(queue)
         await ws.close()

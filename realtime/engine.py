@@ -22,6 +22,7 @@ from models.threaded import stage_executor
 from models.warmup import WarmUpError, WarmUpReport, warm_up_audio_stages
 from realtime import metrics
 from realtime.config import Config, SessionConfig, with_session_overrides
+from realtime.reclaim import Reclaimer
 from realtime.session import Session, TransportLink, voice_settings
 from realtime.tools import ToolRegistry, default_tools
 
@@ -55,6 +56,7 @@ class Engine:
         self.draining = False
         self._idle = asyncio.Event()  # set whenever the last session closes
         self.warm_up: WarmUpReport | None = None
+        self.reclaimer = Reclaimer()
 
     @property
     def stack(self) -> ModelStack:
@@ -94,6 +96,7 @@ class Engine:
             self.load_seconds = time.perf_counter() - t0
             log.info("stack %s loaded and warm in %.1f s (stage ms %s; ASR heard %r): %s", stack.name,
                      self.load_seconds, report.stage_ms, report.transcript, stack.info)
+            self.reclaimer.freeze_startup()
         self.not_ready_reason = ""
         self._ready.set()
 
@@ -165,6 +168,7 @@ class Engine:
             self._idle.set()
         metrics.SESSIONS.labels(session.link.kind).dec()
         await session.close(reason)
+        self.reclaimer.session_closed()
         if session.summary is not None and reason != "setup_failed":
             self.recent_summaries.append(session.summary)
             metrics.observe_summary(session.summary)
@@ -178,6 +182,7 @@ class Engine:
     async def shutdown(self) -> None:
         for session in list(self.sessions.values()):
             await self.close_session(session, "server_shutdown")
+        self.reclaimer.cancel()
         # Remote LMs hold an HTTP connection pool that must be closed on the loop that opened it.
         aclose = getattr(self._stack.lm, "aclose", None) if self._stack is not None else None
         if aclose is not None:

@@ -21,6 +21,8 @@ V2V = Histogram("parley_voice_to_voice_ms", "User speech end to first reply audi
                 buckets=(200, 400, 600, 800, 1000, 1200, 1500, 2000, 3000, 5000))
 LOOP_LAG = Histogram("parley_event_loop_lag_ms", "Event-loop scheduling lag",
                      buckets=(1, 2, 5, 10, 20, 50, 100, 250))
+GC_PAUSE = Histogram("parley_gc_pause_ms", "Full garbage collections after calls end: how long each held the loop",
+                     buckets=(0.5, 1, 2, 5, 10, 20, 50))
 LOOP_LAG_MAX = Gauge("parley_event_loop_lag_max_ms", "Largest event-loop lag in the last probe window")
 
 
