@@ -176,6 +176,10 @@ class EmbeddedStackConfig:
     lm_threads: int = 2
     lm_context: int = 2048
     tts_threads: int = 1
+    # Whisper, the LM and the TTS take turns on the cores (one LM token, one Whisper step, one TTS sentence at a
+    # time; a caller's final pass first) instead of running at once: OpenMP runtimes sharing cores spin against
+    # each other (models/core_gate.py). false = every stage runs whenever it has work.
+    stages_take_turns: bool = True
     # Show tool results to the LM as a short user note instead of the chat template's tool-response turn: small
     # models then say the answer instead of echoing JSON (see models/embedded/llama.py).
     tool_results_as_text: bool = True

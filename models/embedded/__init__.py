@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from models.assets import model_path
+from models.core_gate import CoreGate
 from models.interfaces import ModelStack
 from models.warmup import WarmUpError
 from realtime.config import Config
@@ -38,37 +39,39 @@ def load_turn_detector(config: Config) -> SmartTurn:
     return SmartTurn(model_path("smart-turn-v3.2", config.models.embedded.model_dir) / "model.onnx")
 
 
-def load_tokenizer(config: Config, language: str | None = None) -> WhisperTokenizer:
+def load_tokenizer(config: Config, language: str | None = None, gate: CoreGate | None = None) -> WhisperTokenizer:
     """`language` overrides the configured one ("" = detect: Step-Audio transcribes any language)."""
     from models.embedded.whisper import WhisperTokenizer
 
     emb = config.models.embedded
     return WhisperTokenizer(model_path(emb.asr, emb.model_dir), emb.asr_segment_ms, emb.asr_threads,
                             emb.language if language is None else language, emb.asr_window_s,
-                            emb.asr_incremental)
+                            emb.asr_incremental, gate)
 
 
-def load_tts(config: Config) -> HibariTTS:
+def load_tts(config: Config, gate: CoreGate | None = None) -> HibariTTS:
     from models.embedded.hibari_tts import HibariTTS
 
-    return HibariTTS(config.models.embedded.tts_threads)
+    return HibariTTS(config.models.embedded.tts_threads, gate)
 
 
-def load_lm(config: Config) -> LlamaLM:
+def load_lm(config: Config, gate: CoreGate | None = None) -> LlamaLM:
     from models.embedded.llama import LlamaLM
 
     emb = config.models.embedded
     return LlamaLM(model_path(emb.lm, emb.model_dir) / "model.gguf", emb.lm, emb.lm_context, emb.lm_threads,
-                   emb.tool_results_as_text)
+                   emb.tool_results_as_text, gate=gate)
 
 
 def load(config: Config) -> ModelStack:
     emb = config.models.embedded
+    # Only here do all three heavy stages share this process's cores (other stacks run the LM elsewhere).
+    gate = CoreGate() if emb.stages_take_turns else None
     return ModelStack(
         name="embedded", vad=loading("vad", INFO["vad"], lambda: load_vad(config)),
-        tokenizer=loading("asr", emb.asr, lambda: load_tokenizer(config)),
-        lm=loading("lm", emb.lm, lambda: load_lm(config)),
-        tts=loading("tts", INFO["tts"], lambda: load_tts(config)),
+        tokenizer=loading("asr", emb.asr, lambda: load_tokenizer(config, gate=gate)),
+        lm=loading("lm", emb.lm, lambda: load_lm(config, gate)),
+        tts=loading("tts", INFO["tts"], lambda: load_tts(config, gate)),
         turn=loading("turn", INFO["turn"], lambda: load_turn_detector(config)),
         info={**INFO, "asr": emb.asr, "lm": emb.lm},
     )

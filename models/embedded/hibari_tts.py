@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 from hibari import SAMPLE_RATE, Hibari
 
+from models.core_gate import SPEECH, CoreGate, turn
 from models.interfaces import VoiceSettings
 
 OFFLINE_VOICES = ("heart",)  # hibari downloads its other voices on first use; hubs are unreachable here
@@ -37,9 +38,10 @@ def trim_silence(audio: np.ndarray, rate: int, lead_ms: int = LEAD_MS, tail_ms: 
 class HibariTTS:
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, gate: CoreGate | None = None) -> None:
         self._tts = Hibari(voice="heart", threads=threads)
         self._lock = threading.Lock()
+        self._gate = gate
 
     def unsupported(self, voice: VoiceSettings) -> list[str]:
         bad = [name for name in ("emotion", "dialect", "style", "clone_text") if getattr(voice, name)]
@@ -52,7 +54,7 @@ class HibariTTS:
     def stream(self, text: str, voice: VoiceSettings) -> Iterator[np.ndarray]:
         speed = min(2.0, max(0.5, voice.speed or 1.0))
         for sentence in self._tts.split_sentences(text):
-            with self._lock:
+            with self._lock, turn(self._gate, SPEECH):
                 audio = self._tts(sentence, speed=speed)
             audio = trim_silence(audio.astype(np.float32, copy=False), SAMPLE_RATE)
             if audio.size:

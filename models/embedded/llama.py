@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import itertools
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -24,6 +25,7 @@ import numpy as np
 from llama_cpp import Llama, LogitsProcessorList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from models.core_gate import SPEECH, CoreGate, turn
 from models.embedded.cpu import check_baseline, extra_buffer_types_safe
 from models.embedded.prompt_cache import PromptCache
 from models.interfaces import GenerationOptions, LMDelta, Message
@@ -98,7 +100,7 @@ def tool_results_as_notes(messages: Sequence[Message]) -> list[Message]:
 class LlamaLM:
     def __init__(
         self, model_file: Path, name: str, n_ctx: int, threads: int, tool_results_as_text: bool = True,
-        extra_buffer_types: bool | None = None,
+        extra_buffer_types: bool | None = None, gate: CoreGate | None = None,
     ) -> None:
         """`extra_buffer_types`: llama.cpp's weight repacking; None = on unless AMX is advertised but refused."""
         check_baseline()
@@ -110,6 +112,7 @@ class LlamaLM:
                 log.warning("this CPU advertises AMX but the kernel refuses its tile state: llama.cpp's extra "
                             "buffer types (weight repacking, AMX kernels) are off")
         self.extra_buffer_types = extra_buffer_types
+        self._gate = gate
         with model_params_with(extra_buffer_types):
             self.llm = Llama(
                 model_path=str(model_file), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
@@ -167,7 +170,8 @@ class LlamaLM:
         if options.tool_choice == "none" and options.tools:
             banned = self._tool_call_tokens()
             processors = LogitsProcessorList([lambda ids, scores: _ban(scores, banned)])
-        self.prompt_cache.prepare(tokens)
+        with turn(self._gate, SPEECH):
+            self.prompt_cache.prepare(tokens)
         self._abort[0] = b"\x00"  # a new generation; a stream closed before it may have left the flag set
         pending = b""
         in_tool = False
@@ -176,11 +180,14 @@ class LlamaLM:
         # opens with "{" is held back until it ends: spoken JSON is worse than a slower first word.
         lead = ""
         bare_json: bool | None = None
-        for count, token in enumerate(
-            self.llm.generate(tokens, temp=options.temperature, top_p=0.9, top_k=40, repeat_penalty=1.1,
-                              logits_processor=processors)
-        ):
-            if token in self._stop_ids or count >= min(options.max_tokens, room):
+        generated = self.llm.generate(tokens, temp=options.temperature, top_p=0.9, top_k=40, repeat_penalty=1.1,
+                                      logits_processor=processors)
+        for count in itertools.count():
+            # One token per turn on the cores (the first also reads the prompt): a caller's final ASR pass waits
+            # for at most one token step (models/core_gate.py).
+            with turn(self._gate, SPEECH):
+                token = next(generated, None)
+            if token is None or token in self._stop_ids or count >= min(options.max_tokens, room):
                 break
             pending += self.llm.detokenize([token], special=True)
             try:

@@ -21,10 +21,11 @@ A partial pass can be abandoned between its steps (encode, decode, align) when a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 
+from models.core_gate import FINAL_PASS, LIVE_TRANSCRIPT, CoreGate, turn
 from models.embedded.agreement import LocalAgreement, Word, normalize, repeated
 from models.interfaces import PassStopped, UserInput
 
@@ -63,7 +65,7 @@ class Decoded:
 
 class WhisperTokenizer:
     def __init__(self, model_dir: Path, segment_ms: int, threads: int, language: str, window_s: float = 5.0,
-                 incremental: bool = True) -> None:
+                 incremental: bool = True, gate: CoreGate | None = None) -> None:
         self.segment_ms = segment_ms
         self.language = language or None
         self.incremental = incremental
@@ -72,6 +74,7 @@ class WhisperTokenizer:
         self._model: ctranslate2.models.Whisper = self._whisper.model
         # One CTranslate2 model, many sessions: passes are serialised so two turns do not halve each other's speed.
         self._lock = threading.Lock()
+        self._gate = gate
 
     def open_stream(self) -> WhisperStream:
         return WhisperStream(self)
@@ -80,8 +83,10 @@ class WhisperTokenizer:
         return normalize(text)
 
     def decode(self, audio: np.ndarray, prompt: list[int], words: bool = False,
-               abandon: Callable[[], bool] | None = None) -> Decoded:
-        """Decode `audio` (16 kHz) after `prompt` (text tokens said before it); `abandon` is asked between steps."""
+               abandon: Callable[[], bool] | None = None, final: bool = False) -> Decoded:
+        """Decode `audio` (16 kHz) after `prompt` (text tokens said before it); `abandon` is asked between steps.
+
+        `final`: someone waits for these words (the caller stopped speaking): first in line for the cores."""
         if audio.size < RATE // 10:  # under 0.1 s: nothing Whisper can read, and it would invent something
             return Decoded([], [], 1.0, 0)
         audio = audio[: (MAX_WINDOW_S - 1) * RATE]
@@ -91,15 +96,28 @@ class WhisperTokenizer:
             if abandon is not None and abandon():
                 raise PassAbandoned
 
-        with self._lock:
+        # A final pass takes the cores once for all its steps; a partial pass takes them step by step, so an LM
+        # token or a final pass can go between its steps (models/core_gate.py).
+        @contextlib.contextmanager
+        def step() -> Iterator[None]:
+            if final:
+                yield
+                return
+            with turn(self._gate, LIVE_TRANSCRIPT):
+                check()  # abandoned while it waited for the cores: give them straight back
+                yield
+
+        with self._lock, turn(self._gate, FINAL_PASS) if final else contextlib.nullcontext():
             check()
             frames = self._frames(audio, TRAILING_SILENCE_S)
-            features = self._encode(audio, frames)
-            tokenizer = self._tokenizer(features)
+            with step():
+                features = self._encode(audio, frames)
+                tokenizer = self._tokenizer(features)
             start = [tokenizer.sot_prev, *prompt[-PROMPT_TOKENS:]] if prompt else []
             start += [*tokenizer.sot_sequence, tokenizer.no_timestamps]
             check()
-            ids, no_speech = self._generate(features, start, budget, 1.0)
+            with step():
+                ids, no_speech = self._generate(features, start, budget, 1.0)
             retries = 0
             if self._looping(ids, budget) and frames < MAX_WINDOW_S * RATE // HOP:
                 # A loop comes from too little silence after the speech for the model to see it end: give it
@@ -107,15 +125,18 @@ class WhisperTokenizer:
                 retries = 1
                 check()
                 frames = self._frames(audio, RETRY_SILENCE_S)
-                features = self._encode(audio, frames)
-                ids, no_speech = self._generate(features, start, budget, 1.0)
+                with step():
+                    features = self._encode(audio, frames)
+                    ids, no_speech = self._generate(features, start, budget, 1.0)
                 if self._looping(ids, budget):
                     retries = 2  # the same encoding, a decoder that may not repeat itself
-                    ids, no_speech = self._generate(features, start, budget, REPETITION_PENALTY)
+                    with step():
+                        ids, no_speech = self._generate(features, start, budget, REPETITION_PENALTY)
             aligned: list[Word] = []
             if words and ids and no_speech <= NO_SPEECH_THRESHOLD:
                 check()
-                aligned = self._align(tokenizer, features, ids, frames)
+                with step():
+                    aligned = self._align(tokenizer, features, ids, frames)
         return Decoded(ids, aligned, no_speech, retries)
 
     def text_of(self, decoded: Decoded) -> str:
@@ -219,14 +240,14 @@ class WhisperStream:
         if self._model.incremental:
             agreement = self._agreement
             cut = min(agreement.cut, turn_audio.size)
-            decoded = self._model.decode(turn_audio[cut:], agreement.prompt_tokens(), abandon=stop)
+            decoded = self._model.decode(turn_audio[cut:], agreement.prompt_tokens(), abandon=stop, final=True)
             tail = self._model.text_of(decoded).split()
             # The tail's first words may read the committed words' last ones back (the prompt's echo).
             tail = tail[repeated(agreement.committed_keys(), [normalize(w) for w in tail]) :]
             text = " ".join(p for p in (agreement.text([]), " ".join(tail)) if p)
         else:
             cut = 0
-            decoded = self._model.decode(turn_audio, [], abandon=stop)
+            decoded = self._model.decode(turn_audio, [], abandon=stop, final=True)
             text = self._model.text_of(decoded)
         timing = {"decoded_audio_ms": round((turn_audio.size - cut) * 1000 / RATE, 1),
                   "turn_audio_ms": round(turn_audio.size * 1000 / RATE, 1),
