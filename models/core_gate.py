@@ -5,8 +5,8 @@ Run at once on two cores they do not split the machine, they fight over it: Open
 for a team mate that the other runtime's threads have pushed off its core. Measured offline (2026-12-07, 2 vCPU,
 Whisper base on 2 s of speech, Qwen2.5-0.5B generating, hibari synthesizing): a Whisper pass alone takes 83 ms
 (p50); beside the LM 245 ms, beside the LM and hibari 265 ms (max 986), while the LM fell from 23.5 to 12.0 and 4.4
-tokens/s. Taking turns (one LM token, one Whisper step, one TTS sentence at a time) kept the pass at 75-94 ms (max
-268) and the LM at 14.6 tokens/s beside Whisper.
+tokens/s. Taking turns (one LM token or one Whisper pass at a time) kept the pass at its solo cost beside the LM
+(86 ms p50) with the LM at 10.5 tokens/s, and the live two-call figures followed (benchmarks/README.md).
 
 A turn is one bounded step: an LM token (the first also reads the prompt), one TTS sentence, a whole final Whisper
 pass, or one step (encode, decode, align) of a partial pass. Who goes next is by priority: the final pass of a
