@@ -9,7 +9,7 @@ after the step in flight: when the `async for` has unwound, the model has stoppe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -23,7 +23,7 @@ def stage_executor(name: str) -> ThreadPoolExecutor:
 
 
 async def iterate_in_thread(gen: Iterator[T], executor: Executor, interrupt: Callable[[], None] | None = None
-                            ) -> AsyncIterator[T]:
+                            ) -> AsyncGenerator[T, None]:
     """`gen` stepped on `executor`. Closed early (cancelled), it is closed on its thread after the step in flight;
     `interrupt`, if given, is called first (from the event loop) to cut that step short."""
     loop = asyncio.get_running_loop()

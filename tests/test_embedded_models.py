@@ -163,3 +163,23 @@ def test_a_stream_closed_during_a_long_prefill_stops_within_a_chunk() -> None:
 
 async def _reply(lm: object, messages: list[Message], options: GenerationOptions) -> str:
     return "".join([d.text async for d in lm.stream(messages, options)])  # type: ignore[attr-defined]
+
+
+def test_a_stream_left_open_at_a_tool_call_never_aborts_the_next_one() -> None:
+    """A reply that stops for a tool call keeps its stream open while the tool runs and closes it just before the
+    continuation starts. Closing it must stop its own generation, not abort the continuation's (it once did, now
+    and then: the spoken tool result was empty)."""
+    from models.embedded.llama import LlamaLM
+
+    lm = LlamaLM(model_path("smollm2-135m") / "model.gguf", "smollm2-135m", 1024, 2)
+    messages = [Message("system", "Answer briefly."), Message("user", "Count from one to twenty.")]
+    options = GenerationOptions(max_tokens=24, temperature=0.0)
+
+    async def continuation_after_an_open_stream() -> str:
+        first = lm.stream(messages, options)
+        await anext(first)  # the "tool call": the consumer stops reading here and leaves the stream open
+        await first.aclose()  # type: ignore[attr-defined]
+        return await _reply(lm, messages, options)
+
+    for _ in range(5):
+        assert asyncio.run(continuation_after_an_open_stream()).strip()

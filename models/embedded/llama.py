@@ -152,8 +152,12 @@ class LlamaLM:
         return self.llm.tokenize(rendered.prompt.encode(), add_bos=False, special=True)
 
     async def stream(self, messages: Sequence[Message], options: GenerationOptions) -> AsyncIterator[LMDelta]:
-        async with self._lock:
-            async for delta in iterate_in_thread(self._generate(messages, options), self._executor, self._stop):
+        # Closed inside the lock: a stream left at a tool call is closed by its consumer later, and its
+        # `_stop` must land before the next stream's generation starts, not abort it (the flaky tool-call test).
+        async with self._lock, contextlib.aclosing(
+            iterate_in_thread(self._generate(messages, options), self._executor, self._stop)
+        ) as deltas:
+            async for delta in deltas:
                 yield delta
 
     def _stop(self) -> None:

@@ -12,6 +12,7 @@ Tools: the release documents no tool-call format for Step-Audio-Chat, so tool sc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -68,8 +69,11 @@ class StepChatLM:
         if options.tools and not self._warned_tools:
             self._warned_tools = True
             log.warning("Step-Audio-Chat in-process has no tool-call format: tools are not offered to it")
-        async with self._lock:
-            async for delta in iterate_in_thread(self._generate(messages, options), self._executor):
+        # Closed inside the lock, so the next stream never starts while this one's generator is still open.
+        async with self._lock, contextlib.aclosing(
+            iterate_in_thread(self._generate(messages, options), self._executor)
+        ) as deltas:
+            async for delta in deltas:
                 yield delta
 
     def _generate(self, messages: Sequence[Message], options: GenerationOptions) -> Iterator[LMDelta]:
