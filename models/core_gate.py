@@ -33,6 +33,11 @@ class CoreGate:
         self._order = itertools.count()
         self._busy = False
 
+    def waiting(self) -> int:
+        """Stages queued for the cores (not counting the one that has them)."""
+        with self._cond:
+            return len(self._waiting)
+
     @contextlib.contextmanager
     def turn(self, priority: int) -> Iterator[None]:
         entry = (priority, next(self._order))

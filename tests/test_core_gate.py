@@ -30,23 +30,28 @@ def test_waiting_stages_go_by_priority_then_arrival_and_never_two_at_once() -> N
             with count_lock:
                 inside -= 1
 
+    holding = threading.Event()
     release = threading.Event()
 
     def holder() -> None:
         with gate.turn(SPEECH):
+            holding.set()
             release.wait(5)
 
     first = threading.Thread(target=holder)
     first.start()
-    time.sleep(0.05)
+    assert holding.wait(5)
     waiting = [("live transcript", LIVE_TRANSCRIPT), ("lm token", SPEECH), ("tts sentence", SPEECH),
                ("final pass", FINAL_PASS)]
     threads = []
-    for name, priority in waiting:  # queued one after another while the holder has the cores
+    for queued, (name, priority) in enumerate(waiting, start=1):  # one after another while the holder has them
         t = threading.Thread(target=stage, args=(name, priority))
         t.start()
         threads.append(t)
-        time.sleep(0.05)
+        deadline = time.monotonic() + 5
+        while gate.waiting() < queued and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert gate.waiting() == queued
     release.set()
     for t in [first, *threads]:
         t.join(5)
