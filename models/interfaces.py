@@ -71,10 +71,13 @@ class UserInput:
 
 @dataclass(frozen=True)
 class LMDelta:
-    """One step of LM output: some text, or a complete tool call."""
+    """One step of LM output: some text, or a complete tool call; or, first, the transcript's turn score."""
 
     text: str = ""
     tool_call: ToolCall | None = None
+    # Asked for by GenerationOptions.score_turn_end: how likely it is that the user's last message is complete,
+    # read from the LM's own next-token probabilities before it answers.
+    finished: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class GenerationOptions:
     # OpenAI's tool_choice: "none" keeps the tools described in the prompt (a cached prefix stays valid) but the
     # model must answer in words.
     tool_choice: Literal["auto", "none"] = "auto"
+    # A speculative draft under semantic turn detection: yield LMDelta(finished=...) before the answer
+    # (stacks whose LM can: ModelStack.transcript_turn).
+    score_turn_end: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,5 +202,7 @@ class ModelStack:
     tts: SpeechSynthesizer
     # Semantic end of turn; None: the stack decides by silence alone.
     turn: TurnDetector | None = None
+    # The LM also scores the end of turn from the transcript (LMDelta.finished), fused with `turn`'s score.
+    transcript_turn: bool = False
     # Extra facts a stack wants in /healthz (model files, versions).
     info: dict[str, Any] = field(default_factory=dict)

@@ -183,6 +183,9 @@ class EmbeddedStackConfig:
     # Show tool results to the LM as a short user note instead of the chat template's tool-response turn: small
     # models then say the answer instead of echoing JSON (see models/embedded/llama.py).
     tool_results_as_text: bool = True
+    # Semantic turn detection also reads the transcript: the draft's LM scores how likely the caller's words end
+    # there, averaged with Smart Turn's audio score (realtime/endpointing.py). false = the audio score alone.
+    lm_turn_score: bool = True
     # Where setup assembled the models; empty = $PARLEY_MODELS or ~/.cache/parley/models.
     model_dir: str = ""
 

@@ -33,7 +33,9 @@ Transitions:
 
 The silence a pause needs ("needed") is end_of_turn_ms, or with semantic turn detection what the turn's score
 asks for (realtime/endpointing.py): at each speech stop the controller asks for a score (`ScoreTurn`) and the
-session hands it back (`turn_scored`).
+session hands it back (`turn_scored`). Where the LM can score the transcript too (`transcript_scores`), the
+draft's generation asks for it (`Generate.score_turn`) and the session hands it back before the draft's first
+token (`transcript_scored`); until then a finished-sounding pause needs end_of_turn_ms.
 
 Client-driven turns (OpenAI Realtime's `turn_detection: null`, `conversation.item.create`, `response.create`):
 
@@ -59,7 +61,7 @@ from models.interfaces import Message, Role, ToolCall, ToolSpec, UserInput
 from realtime import events
 from realtime.config import SessionConfig
 from realtime.context import ContextManager
-from realtime.endpointing import silence_needed_ms
+from realtime.endpointing import fused, silence_needed_ms
 from realtime.sentences import heard_prefix
 
 
@@ -117,6 +119,7 @@ class Generate:
     messages: list[Message]
     speculative: bool
     user_text: str = ""  # the transcript of the turn being answered (the prompt may hold audio codes instead)
+    score_turn: bool = False  # first say how likely it is that the user's message is complete (a draft's)
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,8 @@ class Turn:
     ended_ms: float | None = None  # the end-of-turn decision
     # The semantic score of the pause at `end_sample` (None inside: no model); unset until it is in.
     score: tuple[int, float | None] | None = None
+    # The LM's end-of-message probability for the transcript up to `end_sample`, from the draft.
+    transcript_score: tuple[int, float] | None = None
     previous_item_id: str | None = None  # the conversation item before this turn's, once it is in the history
     respond: bool = True  # False: the turn only enters the history (create_response off)
 
@@ -236,6 +241,7 @@ class Gen:
     tool: PendingTool | None = None
     client_call: ToolCall | None = None  # a call the client runs: the response ends with it
     prompt_tokens: int = 0
+    score_turn: bool = False  # a draft that reads the transcript's turn score before answering
     cancel_requested_ms: float | None = None
     dropped: bool = False  # a false end of turn: nothing of it enters the history
 
@@ -298,8 +304,11 @@ class Controller:
         context: ContextManager,
         tools: list[ToolSpec],
         normalize: Callable[[str], str] = lambda s: s,
+        transcript_scores: bool = False,
     ) -> None:
         self.settings = settings
+        # The LM scores the end of turn from the transcript (ModelStack.transcript_turn).
+        self.transcript_scores = transcript_scores
         self.context = context
         self.tools = tools
         self.normalize = normalize
@@ -364,6 +373,23 @@ class Controller:
         turn.score = (end_sample, probability)
         if probability is not None:
             self._send("turn.scored", item_id=turn.item_id, probability=round(probability, 3),
+                       silence_needed_ms=round(self._silence_needed(turn)), scored_ms=now,
+                       silence_ms=round(now - turn.speech_end_ms, 1) if turn.speech_end_ms is not None else None)
+        self._timers(now)
+        return self._flush()
+
+    def transcript_scored(self, now: float, gen_id: str, probability: float) -> list[Effect]:
+        """The LM's end-of-message probability for the draft `gen_id`'s transcript (realtime/endpointing.py)."""
+        turn = self.turn
+        gen = self._gens.get(gen_id)
+        if (turn is None or gen is None or gen is not self.draft or gen.end_sample != turn.end_sample
+                or self.state not in (State.PAUSED, State.DRAFTING)):
+            return []  # committed, discarded or the caller spoke again: the decision no longer waits for it
+        turn.transcript_score = (turn.end_sample, probability)
+        audio = self._probability(turn)
+        if audio is not None:
+            self._send("turn.scored", item_id=turn.item_id, probability=round(fused(audio, probability), 3),
+                       audio_probability=round(audio, 3), transcript_probability=round(probability, 4),
                        silence_needed_ms=round(self._silence_needed(turn)), scored_ms=now,
                        silence_ms=round(now - turn.speech_end_ms, 1) if turn.speech_end_ms is not None else None)
         self._timers(now)
@@ -652,13 +678,27 @@ class Controller:
         score = turn.score
         return score[1] if score is not None and score[0] == turn.end_sample else None
 
+    @staticmethod
+    def _transcript_probability(turn: Turn) -> float | None:
+        score = turn.transcript_score
+        return score[1] if score is not None and score[0] == turn.end_sample else None
+
+    def _transcript_pending(self, turn: Turn) -> bool:
+        """The running draft will say how finished the transcript reads, and has not yet."""
+        draft = self.draft
+        return (draft is not None and draft.score_turn and draft.end_sample == turn.end_sample
+                and draft.cancel_requested_ms is None and not draft.lm_done
+                and self._transcript_probability(turn) is None)
+
     def _silence_needed(self, turn: Turn) -> float:
-        return silence_needed_ms(self.settings, self._probability(turn))
+        return silence_needed_ms(self.settings, self._probability(turn), self._transcript_probability(turn),
+                                 self._transcript_pending(turn))
 
     def _start_draft(self, now: float) -> None:
         turn = self.turn
         assert turn is not None and turn.speech_end_ms is not None
         gen = self._new_gen(now, turn.end_sample, speculative=True)
+        gen.score_turn = self.transcript_scores and self.settings.turn_detection == "semantic"
         turn.drafts += 1
         self.draft = gen
         self.stats.drafts_started += 1
@@ -924,6 +964,8 @@ class Controller:
             # The silence this turn's end needed (end_of_turn_ms, or what its semantic score asked for).
             "end_of_turn_ms": round(self._silence_needed(turn)) if turn is not None else self.settings.end_of_turn_ms,
             "end_of_turn_probability": r(self._probability(turn), 3) if turn is not None else None,
+            "end_of_turn_transcript_probability": (r(self._transcript_probability(turn), 4)
+                                                   if turn is not None else None),
             "speculate_after_ms": self.settings.speculate_after_ms,
         }
 
@@ -989,7 +1031,7 @@ class Controller:
     def _generate(self, gen: Gen, speculative: bool, user_text: str, current: UserInput | None = None) -> None:
         messages = self.context.messages_for(current)
         gen.prompt_tokens = self.context.prompt_tokens(messages)
-        self._emit(Generate(gen.id, messages, speculative, user_text))
+        self._emit(Generate(gen.id, messages, speculative, user_text, score_turn=speculative and gen.score_turn))
 
     def _cancel_work(self, gen: Gen, now: float) -> None:
         if gen.cancel_requested_ms is None:

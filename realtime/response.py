@@ -42,11 +42,18 @@ class ToolRequest:
 
 
 @dataclass(frozen=True)
+class TurnScore:
+    """The LM's probability that the user's message is complete (a draft that asked: score_turn_end)."""
+
+    probability: float
+
+
+@dataclass(frozen=True)
 class Finished:
     error: str | None
 
 
-ResponseEvent = Token | AudioChunk | ToolRequest | Finished
+ResponseEvent = Token | AudioChunk | ToolRequest | TurnScore | Finished
 
 
 class Response:
@@ -136,6 +143,8 @@ class Response:
         stream = self._lm.stream(messages, self._options)
         try:
             async for delta in stream:
+                if delta.finished is not None:
+                    self._post(self.gen_id, TurnScore(delta.finished))
                 if delta.tool_call is not None:
                     for piece in splitter.flush():
                         await self._say(piece)

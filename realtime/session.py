@@ -33,7 +33,7 @@ from realtime.config import ConfigError, SessionConfig, with_session_overrides
 from realtime.context import ContextManager
 from realtime.listener import Hypothesis, Listener, ListenerEvent, SpeechStart, SpeechStop
 from realtime.playout import Playout
-from realtime.response import AudioChunk, Finished, Response, ResponseEvent, Token, ToolRequest
+from realtime.response import AudioChunk, Finished, Response, ResponseEvent, Token, ToolRequest, TurnScore
 
 if TYPE_CHECKING:
     from realtime.engine import Engine
@@ -74,7 +74,8 @@ class Session:
             on_finished=lambda gen_id: self._post(lambda now: self.controller.audio_finished(now, gen_id)),
         )
         context = ContextManager(settings.instructions, settings.context_tokens, stack.lm.count_tokens)
-        self.controller = ctl.Controller(settings, context, engine.tools.specs, stack.tokenizer.normalize)
+        self.controller = ctl.Controller(settings, context, engine.tools.specs, stack.tokenizer.normalize,
+                                         transcript_scores=stack.transcript_turn)
         self.listener = Listener(
             stack.vad, stack.tokenizer, engine.vad_executor, engine.asr_executor, self._on_listener,
             settings.vad_threshold, settings.min_speech_ms, settings.max_turn_ms, clock=self.now_ms,
@@ -392,7 +393,7 @@ class Session:
         # idle-time prefill cached (`_warm_lm`), so their prefix stays valid.
         tools = [*(self.engine.tools.relevant_specs(effect.user_text) if s.tools else []), *self.client_tools]
         options = GenerationOptions(max_tokens=s.max_response_tokens, temperature=s.temperature, tools=tools,
-                                    tool_choice=self.tool_choice)
+                                    tool_choice=self.tool_choice, score_turn_end=effect.score_turn)
         response = Response(
             effect.gen_id, self.engine.stack.lm, self.engine.stack.tts, self.engine.tts_executor, self.voice,
             options, self.link.sample_rate, self._on_response, self.playout.enqueue, self.playout.end,
@@ -482,6 +483,8 @@ class Session:
                 self._post(lambda now: self.controller.audio_ready(at, gen_id, text, ms, in_context))
             case ToolRequest(call=call):
                 self._post(lambda now: self.controller.tool_requested(now, gen_id, call))
+            case TurnScore(probability=probability):
+                self._post(lambda now: self.controller.transcript_scored(now, gen_id, probability))
             case Finished(error=error):
                 # A draft that finished before its commit still holds its audio: keep it until released.
                 if gen_id in self._released:

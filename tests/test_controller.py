@@ -15,7 +15,7 @@ from models.interfaces import ToolCall, UserInput
 from realtime import controller as ctl
 from realtime.config import SessionConfig
 from realtime.context import ContextManager
-from realtime.endpointing import silence_needed_ms
+from realtime.endpointing import fused, silence_needed_ms, transcript_evidence
 from realtime.tools import default_tools
 
 # The silence rule, and every speech over a reply a barge-in; semantic ends and resumed turns have tests of their own.
@@ -31,9 +31,9 @@ def user(text: str) -> UserInput:
 class Script:
     """Drives a controller and records everything it asks for."""
 
-    def __init__(self, settings: SessionConfig = SETTINGS) -> None:
+    def __init__(self, settings: SessionConfig = SETTINGS, transcript_scores: bool = False) -> None:
         self.context = ContextManager("You are a test.", 2000)
-        self.c = ctl.Controller(settings, self.context, default_tools().specs)
+        self.c = ctl.Controller(settings, self.context, default_tools().specs, transcript_scores=transcript_scores)
         self.effects: list[ctl.Effect] = []
         self.now = 0.0
 
@@ -521,6 +521,67 @@ def test_an_unfinished_sounding_pause_waits_and_the_caller_goes_on() -> None:
     s.at(3700, "turn_scored", 48000, None)  # the model failed: silence decides
     s.run_until(3700)
     assert s.c.state == ctl.State.RESPONDING
+
+
+def test_the_transcript_score_joins_the_audio_score() -> None:
+    assert transcript_evidence(0.001) == 0.0 and transcript_evidence(0.01) == pytest.approx(0.5)
+    assert transcript_evidence(0.3) == 1.0 and transcript_evidence(0.0) == 0.0
+    # Measured pairs (benchmarks/README.md): read prosody the audio model calls unfinished, a cut it calls finished.
+    assert silence_needed_ms(SEMANTIC, 0.07) > 2000
+    assert silence_needed_ms(SEMANTIC, 0.07, 0.282) < 1200, "the words read complete: a much shorter wait"
+    assert silence_needed_ms(SEMANTIC, 0.95) == 300
+    assert silence_needed_ms(SEMANTIC, 0.95, 0.001) > 1200, "'Go forward |' reads cut off: wait for the rest"
+    assert fused(0.99, 0.011) >= 0.7, "a short answer ('ten of clubs') still ends soon"
+    # On its way: a finished-sounding pause waits as silence detection would, a doubtful one as before.
+    assert silence_needed_ms(SEMANTIC, 0.95, transcript_pending=True) == 700
+    assert silence_needed_ms(SEMANTIC, 0.2, transcript_pending=True) == silence_needed_ms(SEMANTIC, 0.2)
+
+
+def test_a_finished_sounding_pause_waits_for_the_drafts_reading_of_the_words() -> None:
+    s = Script(SEMANTIC, transcript_scores=True)
+    s.speak(0, 1000, 0, 16000)
+    s.at(1050, "turn_scored", 16000, 0.95)
+    s.run_until(1200)
+    gen = s.draft_transcribed(1290, "What is the capital of France?")
+    assert gen.score_turn and gen.speculative, "the draft asks the LM to read the words first"
+    s.run_until(1450)
+    assert s.c.state == ctl.State.DRAFTING, "300 ms of silence, but the words are not read yet"
+    s.at(1460, "transcript_scored", gen.gen_id, 0.31)
+    assert s.c.state == ctl.State.RESPONDING and s.last(ctl.ReleaseAudio).gen_id == gen.gen_id
+    scored = s.events("turn.scored")[-1]
+    assert scored["audio_probability"] == 0.95 and scored["transcript_probability"] == 0.31
+    assert scored["probability"] == pytest.approx(0.975) and scored["silence_needed_ms"] == 300
+    s.generate(1470, gen.gen_id, ["Paris."])
+    s.at(1480, "audio_started", gen.gen_id)
+    s.at(2000, "audio_finished", gen.gen_id)
+    m = s.events("response.done")[0]["response"]["metrics"]
+    assert m["end_of_turn_decision_ms"] == 1460 and m["end_of_turn_transcript_probability"] == 0.31
+
+
+def test_words_that_read_cut_off_hold_a_finished_sounding_pause() -> None:
+    s = Script(SEMANTIC, transcript_scores=True)
+    s.speak(0, 1000, 0, 16000)  # "Go forward |" (Smart Turn 0.95)
+    s.at(1050, "turn_scored", 16000, 0.95)
+    s.run_until(1200)
+    gen = s.draft_transcribed(1290, "Go forward.")
+    s.at(1450, "transcript_scored", gen.gen_id, 0.001)
+    assert s.events("turn.scored")[-1]["silence_needed_ms"] > 1200
+    s.run_until(1900)  # a 900 ms mid-sentence pause: not cut off
+    assert s.c.state == ctl.State.DRAFTING and not s.events("response.created")
+    s.at(1900, "speech_started", 30000)  # "... ten meters"
+    assert s.events("speculation.discarded")[0]["reason"] == "speech_resumed"
+
+
+def test_without_a_reading_of_the_words_the_silence_rule_bounds_the_wait() -> None:
+    s = Script(SEMANTIC, transcript_scores=True)
+    s.speak(0, 1000, 0, 16000)
+    s.at(1050, "turn_scored", 16000, 0.95)
+    s.run_until(1200)
+    s.draft_transcribed(1290, "What is the capital of France?")
+    s.run_until(1699)  # the LM is busy with another call: no reading yet
+    assert s.c.state == ctl.State.DRAFTING
+    s.run_until(1700)
+    assert s.c.state == ctl.State.RESPONDING, "end_of_turn_ms of silence ends it, as without the transcript"
 
 
 def test_speech_soon_after_the_commit_drops_the_reply_and_merges_the_turn() -> None:

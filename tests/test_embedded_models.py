@@ -183,3 +183,32 @@ def test_a_stream_left_open_at_a_tool_call_never_aborts_the_next_one() -> None:
 
     for _ in range(5):
         assert asyncio.run(continuation_after_an_open_stream()).strip()
+
+
+def test_the_lm_reads_whether_the_callers_words_are_finished_before_it_answers() -> None:
+    """Semantic turn detection's transcript score (models/embedded/message_end.py): a whole sentence reads
+    finished, the same sentence cut mid-way does not, whatever punctuation the transcript closed it with; and the
+    reading is the draft's own prefill, so the answer that follows is the one it would give without it."""
+    from models.embedded.llama import LlamaLM
+
+    lm = LlamaLM(model_path("qwen2.5-0.5b") / "model.gguf", "qwen2.5-0.5b", 1024, 2)
+    system = Message("system", "You are a voice assistant on a phone call. Answer in one short sentence.")
+    plain = GenerationOptions(max_tokens=10, temperature=0.0)
+    scored = GenerationOptions(max_tokens=10, temperature=0.0, score_turn_end=True)
+
+    async def run(text: str, options: GenerationOptions) -> tuple[list[float], str]:
+        deltas = [d async for d in lm.stream([system, Message("user", text)], options)]
+        return [d.finished for d in deltas if d.finished is not None], "".join(d.text for d in deltas)
+
+    whole, answer = asyncio.run(run("He was not an ill-disposed young man.", scored))
+    cut, _ = asyncio.run(run("He was not an ill-disposed.", scored))
+    question, _ = asyncio.run(run("What is the capital of France?", scored))
+    assert len(whole) == 1 and len(cut) == 1 and len(question) == 1, "one reading, before the answer"
+    assert whole[0] > 0.1 and question[0] > 0.1, (whole, question)
+    assert cut[0] < 0.02, cut
+    # The answer decoded only what follows the words: "?", the end of message and the assistant's header.
+    full = len(lm.prompt_tokens([system, Message("user", "What is the capital of France?")], plain))
+    assert lm.prompt_cache.last_reused >= full - 6, (lm.prompt_cache.last_reused, full)
+    lm.llm.reset()
+    none, same = asyncio.run(run("He was not an ill-disposed young man.", plain))
+    assert none == [] and same == answer

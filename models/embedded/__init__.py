@@ -73,6 +73,7 @@ def load(config: Config) -> ModelStack:
         lm=loading("lm", emb.lm, lambda: load_lm(config, gate)),
         tts=loading("tts", INFO["tts"], lambda: load_tts(config, gate)),
         turn=loading("turn", INFO["turn"], lambda: load_turn_detector(config)),
+        transcript_turn=emb.lm_turn_score,
         info={**INFO, "asr": emb.asr, "lm": emb.lm},
     )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import itertools
 import logging
 import threading
@@ -26,8 +27,9 @@ from llama_cpp import Llama, LogitsProcessorList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from models.core_gate import SPEECH, CoreGate, turn
+from models.embedded import message_end
 from models.embedded.cpu import check_baseline, extra_buffer_types_safe
-from models.embedded.prompt_cache import PromptCache
+from models.embedded.prompt_cache import PromptCache, common_prefix
 from models.interfaces import GenerationOptions, LMDelta, Message
 from models.threaded import iterate_in_thread, stage_executor
 from models.tool_text import TAG_CLOSE, TAG_OPEN, parse_text_call
@@ -130,6 +132,7 @@ class LlamaLM:
         self._no_tool_tokens: np.ndarray | None = None
         if self.supports_tools:
             self._tool_call_tokens()  # a 0.3 s scan of the vocabulary: at load, not in a caller's turn
+        self._closing = message_end.closing_tokens(self.llm, self._stop_ids)
         self.prompt_cache = PromptCache(self.llm)
         self._abort = ctypes.create_string_buffer(2)
         self._abort_callback = llama_c.ggml_abort_callback(_STRLEN)  # kept: llama.cpp holds only the pointer
@@ -144,12 +147,65 @@ class LlamaLM:
             return len(self.llm.tokenize(text.encode(), add_bos=False, special=False))
 
     def prompt_tokens(self, messages: Sequence[Message], options: GenerationOptions) -> list[int]:
+        return self.llm.tokenize(self._render(messages, options).encode(), add_bos=False, special=True)
+
+    def _render(self, messages: Sequence[Message], options: GenerationOptions) -> str:
         tools: Any = [t.as_openai() for t in options.tools] if options.tools and self.supports_tools else None
         if self.tool_results_as_text:
             messages = tool_results_as_notes(messages)
         chat: Any = [message_dict(m) for m in messages]
-        rendered = self._format(messages=chat, tools=tools)
-        return self.llm.tokenize(rendered.prompt.encode(), add_bos=False, special=True)
+        return str(self._format(messages=chat, tools=tools).prompt)
+
+    def finished_probability(self, messages: Sequence[Message], options: GenerationOptions,
+                             tokens: Sequence[int]) -> float | None:
+        """How likely the last (user) message is complete (models/embedded/message_end.py); on the LM's thread.
+
+        `tokens` is the answer's prompt; the context is left holding it, decoded, so the answer samples at once.
+        None when there is nothing to read (no user message last, no words).
+        """
+        if not messages or messages[-1].role != "user":
+            return None
+        last = messages[-1]
+        words = message_end.trim(last.content)
+        if not words:
+            return None
+        rendered = self._render([*messages[:-1], dataclasses.replace(last, content=words)], options)
+        at = rendered.rfind(words)
+        if at < 0:
+            return None
+        prefix = self.llm.tokenize(rendered[: at + len(words)].encode(), add_bos=False, special=True)
+        self.prompt_cache.prepare(tokens)
+        if len(prefix) < len(tokens) and list(tokens[: len(prefix)]) == prefix:
+            return self._decode_reading(tokens, len(prefix) - 1)
+        # The words' last token merges with what follows them in the prompt: read after the words alone (one more
+        # pass over the weights; the answer's prompt then decodes the rest).
+        return self._decode_reading(prefix, len(prefix) - 1)
+
+    def _decode_reading(self, prompt: Sequence[int], at: int) -> float:
+        """Decode what the context lacks of `prompt`, keeping the logits after token `at` too: the reading shares
+        the prefill's passes over the weights (a pass of its own cost the first token ~80 ms here).
+
+        What `Llama.eval` does, with one more output row; the context then holds `prompt`, and its last logits.
+        """
+        llm = self.llm
+        keep = min(common_prefix(llm.input_ids[: llm.n_tokens].tolist(), prompt), at)
+        llm.n_tokens = keep
+        llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+        reading = 0.0
+        for start in range(keep, len(prompt), llm.n_batch):
+            chunk = list(prompt[start : start + llm.n_batch])
+            llm._batch.set_batch(batch=chunk, n_past=start, logits_all=False)
+            inside = start <= at < start + len(chunk)
+            if inside:
+                llm._batch.batch.logits[at - start] = True
+            llm._ctx.decode(llm._batch)
+            if inside:
+                row = llama_c.llama_get_logits_ith(llm.ctx, at - start)
+                reading = message_end.probability(np.ctypeslib.as_array(row, shape=(llm.n_vocab(),)), self._closing)
+            llm.input_ids[start : start + len(chunk)] = chunk
+            llm.n_tokens = start + len(chunk)
+        llm._requires_eval = False
+        return reading
 
     async def stream(self, messages: Sequence[Message], options: GenerationOptions) -> AsyncIterator[LMDelta]:
         # Closed inside the lock: a stream left at a tool call is closed by its consumer later, and its
@@ -174,9 +230,14 @@ class LlamaLM:
         if options.tool_choice == "none" and options.tools:
             banned = self._tool_call_tokens()
             processors = LogitsProcessorList([lambda ids, scores: _ban(scores, banned)])
+        self._abort[0] = b"\x00"  # a new generation; a stream closed before it may have left the flag set
+        if options.score_turn_end:
+            with turn(self._gate, SPEECH):
+                finished = self.finished_probability(messages, options, tokens)
+            if finished is not None:
+                yield LMDelta(finished=finished)
         with turn(self._gate, SPEECH):
             self.prompt_cache.prepare(tokens)
-        self._abort[0] = b"\x00"  # a new generation; a stream closed before it may have left the flag set
         pending = b""
         in_tool = False
         tool_body = ""
