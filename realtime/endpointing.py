@@ -11,8 +11,8 @@ The words count too, where the stack's LM can say so (`ModelStack.transcript_tur
 before its first token, the LM's probability that the caller's message ends where the transcript does (its next
 token a full stop, question mark or end of message). Audio and words fail differently: Smart Turn hears read
 prosody as unfinished ("He was not an ill-disposed young man." 0.07) and a cut after a complete-sounding phrase
-as finished ("Go forward |" 0.95), where the LM reads the first as complete (0.28) and the second as cut off
-(0.001). The two scores are averaged. The transcript's score comes with the draft's first token, so while it is
+as finished ("And Mr. John Dashwood |" 0.97), where the LM reads the first as complete (0.28) and the second as cut
+off (0.005). The two scores are averaged. The transcript's score comes with the draft's first token, so while it is
 on its way a finished-sounding turn waits as silence detection would: the reply could not start sooner anyway.
 """
 
@@ -46,7 +46,7 @@ def transcript_evidence(probability: float) -> float:
     """The LM's end-of-message probability on the audio score's [0, 1] scale.
 
     Its own scale is logarithmic: on the human sentences and their mid-sentence cuts (benchmarks/README.md, "The
-    transcript's turn score"), cut sentences score under 0.02, whole ones 0.1-0.6 and short answers ("ten of
+    words as well as the audio"), most cuts score under 0.02, whole sentences 0.1-0.6 and short answers ("ten of
     clubs") 0.01-0.07. So 0.001 → 0, 0.01 → 0.5, 0.1 and above → 1.
     """
     return min(1.0, max(0.0, (math.log10(max(probability, 1e-9)) + 3.0) / 2.0))

@@ -186,6 +186,9 @@ class LlamaLM:
         the prefill's passes over the weights (a pass of its own cost the first token ~80 ms here).
 
         What `Llama.eval` does, with one more output row; the context then holds `prompt`, and its last logits.
+        It uses llama-cpp-python's internals as `Llama.eval` does (the version is pinned in requirements/), and
+        `test_the_lm_reads_whether_the_callers_words_are_finished_before_it_answers` holds the answer to the one
+        `Llama.generate` gives without the reading.
         """
         llm = self.llm
         keep = min(common_prefix(llm.input_ids[: llm.n_tokens].tolist(), prompt), at)

@@ -3,10 +3,11 @@
 Asked before a draft answers (GenerationOptions.score_turn_end): the prompt up to the end of the user's words,
 their closing punctuation removed (Whisper ends a cut sentence with a full stop too), and then the probability
 that the next token closes the message: a full stop, question mark or exclamation mark, or the end of message
-itself. The prompt is the draft's own prefix, so the reading costs one split in the draft's prefill, not a second
-model. Measured on Qwen2.5-0.5B over the human sentences and their mid-sentence cuts (benchmarks/README.md, "The
-transcript's turn score"): every cut under 0.02, whole sentences 0.1-0.6, short answers ("ten of clubs")
-0.01-0.07.
+itself. The prompt is the draft's own, decoded in the same pass (LlamaLM keeps one more row of logits), so the
+reading costs no second model and no extra pass. Measured on Qwen2.5-0.5B over the human sentences and their
+mid-sentence cuts (benchmarks/README.md, "The words as well as the audio"): most cuts under 0.02, whole sentences
+0.1-0.6, short answers ("ten of clubs") 0.01-0.07; a cut that is a sentence of its own reads finished ("... in his
+power" 0.17).
 """
 
 from __future__ import annotations
