@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 import pytest
@@ -202,13 +203,25 @@ def test_the_lm_reads_whether_the_callers_words_are_finished_before_it_answers()
 
     whole, answer = asyncio.run(run("He was not an ill-disposed young man.", scored))
     cut, _ = asyncio.run(run("He was not an ill-disposed.", scored))
+    # Every llama.cpp decode of the next stream, by batch size.
+    decoded: list[int] = []
+    ctx_decode = lm.llm._ctx.decode
+
+    def counting(batch: Any) -> None:
+        decoded.append(batch.batch.n_tokens)
+        ctx_decode(batch)
+
+    lm.llm._ctx.decode = counting  # type: ignore[method-assign]
     question, _ = asyncio.run(run("What is the capital of France?", scored))
+    lm.llm._ctx.decode = ctx_decode  # type: ignore[method-assign]
     assert len(whole) == 1 and len(cut) == 1 and len(question) == 1, "one reading, before the answer"
     assert whole[0] > 0.1 and question[0] > 0.1, (whole, question)
     assert cut[0] < 0.02, cut
-    # The answer decoded only what follows the words: "?", the end of message and the assistant's header.
+    # The reading shares the prompt's decode: everything the cache lacked (the words, "?", the end of message and
+    # the assistant's header) in one batch, then one token at a time for the answer.
     full = len(lm.prompt_tokens([system, Message("user", "What is the capital of France?")], plain))
-    assert lm.prompt_cache.last_reused >= full - 6, (lm.prompt_cache.last_reused, full)
+    assert decoded[0] == full - lm.prompt_cache.last_reused and decoded[0] >= 6, (decoded, full)
+    assert all(n == 1 for n in decoded[1:]), decoded
     lm.llm.reset()
     none, same = asyncio.run(run("He was not an ill-disposed young man.", plain))
     assert none == [] and same == answer

@@ -129,10 +129,11 @@ class LlamaLM:
             ids = self.llm.tokenize(marker.encode(), add_bos=False, special=True)
             if len(ids) == 1:
                 self._stop_ids.add(ids[0])
-        self._no_tool_tokens: np.ndarray | None = None
-        if self.supports_tools:
-            self._tool_call_tokens()  # a 0.3 s scan of the vocabulary: at load, not in a caller's turn
-        self._closing = message_end.closing_tokens(self.llm, self._stop_ids)
+        # One scan of the vocabulary (~0.3 s), at load rather than in a caller's turn, serves both token sets.
+        pieces = [self.llm.detokenize([i], special=True) for i in range(self.llm.n_vocab())]
+        self._no_tool_tokens = np.array(
+            [i for i, p in enumerate(pieces) if p.lstrip().startswith((b"{", TAG_OPEN.encode()))], dtype=np.int64)
+        self._closing = message_end.closing_tokens(pieces, self._stop_ids)
         self.prompt_cache = PromptCache(self.llm)
         self._abort = ctypes.create_string_buffer(2)
         self._abort_callback = llama_c.ggml_abort_callback(_STRLEN)  # kept: llama.cpp holds only the pointer
@@ -160,8 +161,8 @@ class LlamaLM:
                              tokens: Sequence[int]) -> float | None:
         """How likely the last (user) message is complete (models/embedded/message_end.py); on the LM's thread.
 
-        `tokens` is the answer's prompt; the context is left holding it, decoded, so the answer samples at once.
-        None when there is nothing to read (no user message last, no words).
+        `tokens` is the answer's prompt, already `prompt_cache.prepare`d; the context is left holding it, decoded,
+        so the answer samples at once. None when there is nothing to read (no user message last, no words).
         """
         if not messages or messages[-1].role != "user":
             return None
@@ -174,7 +175,6 @@ class LlamaLM:
         if at < 0:
             return None
         prefix = self.llm.tokenize(rendered[: at + len(words)].encode(), add_bos=False, special=True)
-        self.prompt_cache.prepare(tokens)
         if len(prefix) < len(tokens) and list(tokens[: len(prefix)]) == prefix:
             return self._decode_reading(tokens, len(prefix) - 1)
         # The words' last token merges with what follows them in the prompt: read after the words alone (one more
@@ -231,16 +231,14 @@ class LlamaLM:
         known = {t.name for t in options.tools}
         processors = None
         if options.tool_choice == "none" and options.tools:
-            banned = self._tool_call_tokens()
+            banned = self._no_tool_tokens
             processors = LogitsProcessorList([lambda ids, scores: _ban(scores, banned)])
         self._abort[0] = b"\x00"  # a new generation; a stream closed before it may have left the flag set
-        if options.score_turn_end:
-            with turn(self._gate, SPEECH):
-                finished = self.finished_probability(messages, options, tokens)
-            if finished is not None:
-                yield LMDelta(finished=finished)
         with turn(self._gate, SPEECH):
             self.prompt_cache.prepare(tokens)
+            finished = self.finished_probability(messages, options, tokens) if options.score_turn_end else None
+        if finished is not None:
+            yield LMDelta(finished=finished)
         pending = b""
         in_tool = False
         tool_body = ""
@@ -289,14 +287,6 @@ class LlamaLM:
                 yield LMDelta(tool_call=call)
             elif bare_json:
                 yield LMDelta(text=lead)
-
-    def _tool_call_tokens(self) -> np.ndarray:
-        """Tokens that would start a tool call: the <tool_call> token and any token whose text opens with "{"."""
-        if self._no_tool_tokens is None:
-            ids = [i for i in range(self.llm.n_vocab())
-                   if self.llm.detokenize([i], special=True).lstrip().startswith((b"{", TAG_OPEN.encode()))]
-            self._no_tool_tokens = np.array(ids, dtype=np.int64)
-        return self._no_tool_tokens
 
 
 def _ban(scores: np.ndarray, tokens: np.ndarray) -> np.ndarray:

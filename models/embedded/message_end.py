@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from llama_cpp import Llama
 
 _TRAILING = re.compile(r"[\s.?!,;:\u2026]+$")
 _CLOSERS = {b".", b"?", b"!"}
@@ -26,11 +25,11 @@ def trim(text: str) -> str:
     return _TRAILING.sub("", text.strip())
 
 
-def closing_tokens(llm: Llama, stop_ids: set[int]) -> np.ndarray:
+def closing_tokens(pieces: list[bytes], stop_ids: set[int]) -> np.ndarray:
     """Every token that would close the message: the stop tokens, and those spelling ".", "?" or "!" (with
-    spaces or newlines around them). A scan of the vocabulary (~0.3 s): done once, at load."""
+    spaces or newlines around them). `pieces`: every token's text, by id."""
     ids = set(stop_ids)
-    ids.update(i for i in range(llm.n_vocab()) if llm.detokenize([i], special=True).strip() in _CLOSERS)
+    ids.update(i for i, piece in enumerate(pieces) if piece.strip() in _CLOSERS)
     return np.array(sorted(ids), dtype=np.int64)
 
 
