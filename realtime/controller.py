@@ -371,10 +371,7 @@ class Controller:
         if turn is None or turn.end_sample != end_sample or self.state not in (State.PAUSED, State.DRAFTING):
             return []  # the caller spoke again: that pause is no longer the one to decide
         turn.score = (end_sample, probability)
-        if probability is not None:
-            self._send("turn.scored", item_id=turn.item_id, probability=round(probability, 3),
-                       silence_needed_ms=round(self._silence_needed(turn)), scored_ms=now,
-                       silence_ms=round(now - turn.speech_end_ms, 1) if turn.speech_end_ms is not None else None)
+        self._send_scored(turn, now)
         self._timers(now)
         return self._flush()
 
@@ -386,12 +383,7 @@ class Controller:
                 or self.state not in (State.PAUSED, State.DRAFTING)):
             return []  # committed, discarded or the caller spoke again: the decision no longer waits for it
         turn.transcript_score = (turn.end_sample, probability)
-        audio = self._probability(turn)
-        if audio is not None:
-            self._send("turn.scored", item_id=turn.item_id, probability=round(fused(audio, probability), 3),
-                       audio_probability=round(audio, 3), transcript_probability=round(probability, 4),
-                       silence_needed_ms=round(self._silence_needed(turn)), scored_ms=now,
-                       silence_ms=round(now - turn.speech_end_ms, 1) if turn.speech_end_ms is not None else None)
+        self._send_scored(turn, now)
         self._timers(now)
         return self._flush()
 
@@ -689,6 +681,18 @@ class Controller:
         return (draft is not None and draft.score_turn and draft.end_sample == turn.end_sample
                 and draft.cancel_requested_ms is None and not draft.lm_done
                 and self._transcript_probability(turn) is None)
+
+    def _send_scored(self, turn: Turn, now: float) -> None:
+        """`turn.scored`: the pause's score as the decision now uses it, once the audio model's is in."""
+        audio = self._probability(turn)
+        if audio is None:
+            return  # the silence rule decides until then
+        words = self._transcript_probability(turn)
+        extra = {} if words is None else {"audio_probability": round(audio, 3),
+                                          "transcript_probability": round(words, 4)}
+        self._send("turn.scored", item_id=turn.item_id, probability=round(fused(audio, words), 3), **extra,
+                   silence_needed_ms=round(self._silence_needed(turn)), scored_ms=now,
+                   silence_ms=round(now - turn.speech_end_ms, 1) if turn.speech_end_ms is not None else None)
 
     def _silence_needed(self, turn: Turn) -> float:
         return silence_needed_ms(self.settings, self._probability(turn), self._transcript_probability(turn),
